@@ -1,0 +1,50 @@
+"""The ``vasomim`` command line: one entry point, one module per subcommand.
+
+Each module in :data:`COMMANDS` exposes ``register(subparsers)`` (adds its parser; must stay light:
+no torch import at module level) and ``run(args) -> int``.  Heavy imports happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (subcommand, module under vasomim.cli)
+COMMANDS: list[tuple[str, str]] = [
+    ("demo", "demo"),
+    ("synth", "synth"),
+    ("anatomy", "anatomy"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vasomim import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vasomim",
+        description="Vascular anatomy-aware masked image modeling for X-ray angiogram vessel segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"vasomim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for _name, module in COMMANDS:
+        mod = importlib.import_module(f"vasomim.cli.{module}")
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

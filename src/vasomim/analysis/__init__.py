@@ -1,0 +1,1 @@
+"""Figures, analyses and reports (the paper's figures as functions and commands)."""

@@ -1,0 +1,375 @@
+"""Checkpoints: the project's conventions, loading a ViT encoder from any flavour, exporting to timm.
+
+Conventions
+-----------
+Every checkpoint vasomim writes is a ``dict`` that ``torch.load(path, map_location="cpu",
+weights_only=True)`` reads back (tensors, plain Python containers and scalars only):
+
+``model``
+    the state dict (MAE convention);
+``config``
+    the run's configuration as plain data (dicts, lists, str, int, float, bool, None);
+``optimizer``, ``epoch``, ``step``, ``rng``, ``best_metric`` (optional)
+    what a resume or a model-selection step needs.
+
+The encoder of every vasomim model uses timm's ``VisionTransformer`` parameter names
+(``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*``): at the top
+level of a pre-training (MAE) state dict, under ``encoder.`` in a segmentation
+(:class:`~vasomim.models.segmentation.ViTUNet`) state dict.
+
+Loading
+-------
+:func:`load_encoder_weights` fills a ViTUNet's encoder from
+
+(a) a vasomim pre-training checkpoint (``model`` = the MAE state dict, plus ``config``);
+(b) an original MAE / VasoMIM checkpoint (``model`` with encoder keys and ``decoder_*``,
+    ``mask_token`` that are dropped);
+(c) a timm ViT checkpoint: a plain state dict in ``.pth`` or ``.safetensors`` (``head.*``,
+    ``fc_norm.*`` dropped);
+(d) a vasomim segmentation checkpoint (``model`` with ``encoder.*`` keys; the decoder is dropped);
+(e) any of these saved from a DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) wrapper.
+
+Two adaptations make checkpoints fit the model:
+
+* position embeddings on another patch grid are resampled bicubically (``align_corners=False``,
+  no anti-aliasing, the MAE fine-tuning convention); the class-token embedding is kept as is;
+* a patch embedding for another number of input channels is converted so that a gray image gives
+  the same tokens either way: 3 -> 1 sums the weights over the channels (``W·[x, x, x] =
+  (ΣW)·x``), 1 -> 3 repeats them and divides by 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ENCODER_KEYS",
+    "LoadReport",
+    "adapt_patch_embed",
+    "encoder_state_dict",
+    "export_encoder",
+    "interpolate_pos_embed",
+    "load_encoder_weights",
+    "read_state_dict",
+]
+
+log = logging.getLogger(__name__)
+
+#: Key names (exact or prefix ending in ".") of a timm ViT encoder's parameters.
+ENCODER_KEYS = ("cls_token", "pos_embed", "reg_token", "dist_token", "patch_embed.", "blocks.",
+                "norm_pre.", "norm.")
+
+#: Wrapper prefixes stripped from every key: DDP and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+ENCODER_PREFIX = "encoder."
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_encoder_weights` did, key by key.
+
+    Attributes
+    ----------
+    source:
+        The file (or ``"<state dict>"``) the weights came from.
+    loaded:
+        Encoder keys copied into the model.
+    missing:
+        Encoder keys of the model that the checkpoint lacks (left at their current values).
+    unexpected:
+        Checkpoint keys not loaded (decoder, head, keys the model does not have).
+    adapted:
+        One line per converted tensor (position-embedding grid, patch-embedding channels).
+    """
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: loaded {len(self.loaded)} encoder tensors"]
+        lines += [f"  adapted {a}" for a in self.adapted]
+        if self.missing:
+            lines.append(f"  missing ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  not loaded ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def _strip_wrappers(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torch.Tensor], str]:
+    """Read a state dict from a file or a dict, unwrapping ``model`` / ``state_dict``.
+
+    Parameters
+    ----------
+    path_or_state:
+        A ``.safetensors`` file, a file ``torch.load`` reads with ``weights_only=True``, a
+        checkpoint dict or a plain state dict.
+
+    Returns
+    -------
+    ``(state_dict, source)``: the tensors by name, and the file name (or ``"<state dict>"``) to
+    use in messages.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError:
+        naming the file, when it does not exist, cannot be read or holds no state dict.
+    """
+    if isinstance(path_or_state, Mapping):
+        obj, source = path_or_state, "<state dict>"
+    else:
+        path = Path(path_or_state)
+        source = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{source}: no such checkpoint file")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                obj = load_file(str(path), device="cpu")
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any reader failure becomes one clear line naming the file
+            raise ValueError(f"{source}: cannot read as a checkpoint ({type(exc).__name__}: "
+                             f"{exc})") from exc
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{source}: holds a {type(obj).__name__}, not a state dict")
+    state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not state:
+        raise ValueError(f"{source}: holds no tensors (keys: {list(obj)[:8]})")
+    return state, source
+
+
+def encoder_state_dict(
+    state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Split a state dict of any supported flavour into encoder tensors (timm names) and the rest.
+
+    Wrapper prefixes (``module.``, ``_orig_mod.``) are stripped. If any key starts with
+    ``encoder.`` (a segmentation checkpoint), exactly those keys form the encoder; otherwise the
+    keys named in :data:`ENCODER_KEYS` do.
+
+    Parameters
+    ----------
+    state:
+        A flat state dict.
+
+    Returns
+    -------
+    ``(encoder, others)``: encoder tensors by timm name, and the names of the other keys.
+    """
+    state = {_strip_wrappers(k): v for k, v in state.items()}
+    if any(k.startswith(ENCODER_PREFIX) for k in state):
+        names = {k: k[len(ENCODER_PREFIX):] for k in state if k.startswith(ENCODER_PREFIX)}
+    else:
+        names = {k: k for k in state
+                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in ENCODER_KEYS)}
+    encoder = {timm_name: state[k] for k, timm_name in names.items()}
+    return encoder, [k for k in state if k not in names]
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
+) -> torch.Tensor:
+    """Resample position embeddings ``(1, prefix + g*g, D)`` to a ``grid = (H, W)`` patch grid.
+
+    The checkpoint grid is taken as square. The prefix (class-token) embeddings are kept; the grid
+    part is resampled with bicubic interpolation, ``align_corners=False`` and no anti-aliasing
+    (as MAE fine-tuning does), computed in float32 and returned in the input dtype.
+
+    Parameters
+    ----------
+    pos_embed:
+        Position embeddings of the checkpoint.
+    grid:
+        Target ``(rows, cols)`` of patches.
+    num_prefix_tokens:
+        Leading non-spatial tokens (1 for the class token).
+    """
+    n = pos_embed.shape[1] - num_prefix_tokens
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"pos_embed with {n} grid tokens is not a square grid")
+    prefix, tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = tokens.shape[-1]
+    tokens = tokens.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    tokens = F.interpolate(tokens, size=tuple(grid), mode="bicubic", align_corners=False)
+    tokens = tokens.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, tokens], dim=1)
+
+
+def adapt_patch_embed(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Convert a patch-embedding kernel ``(D, C, p, p)`` to ``in_chans`` input channels.
+
+    3 -> 1 sums over the channels; 1 -> 3 repeats and divides by 3. Either way a gray image
+    (replicated to 3 channels where needed) gives the same tokens as before.
+
+    Parameters
+    ----------
+    weight:
+        The ``patch_embed.proj.weight`` tensor.
+    in_chans:
+        Target number of input channels.
+    """
+    have = weight.shape[1]
+    if have == in_chans:
+        return weight
+    if have == 3 and in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if have == 1 and in_chans == 3:
+        return weight.repeat(1, 3, 1, 1) / 3
+    raise ValueError(f"cannot convert a patch embedding from {have} to {in_chans} input channels")
+
+
+def load_encoder_weights(
+    model: nn.Module, path_or_state: str | Path | Mapping, strict_encoder: bool = True
+) -> LoadReport:
+    """Load ViT encoder weights of any supported flavour into ``model.encoder``.
+
+    See the module docstring for the flavours and the adaptations. Every loaded, missing and
+    unexpected key is reported by name (missing keys as a warning, the rest at info level).
+
+    Parameters
+    ----------
+    model:
+        A :class:`~vasomim.models.segmentation.ViTUNet` (anything with a timm ViT ``encoder``).
+    path_or_state:
+        Checkpoint file (``.pth``/``.pt``/``.safetensors``) or an already loaded dict.
+    strict_encoder:
+        If True, an encoder key of the model that the checkpoint lacks is an error; if False it is
+        reported and keeps its current value.
+
+    Returns
+    -------
+    :class:`LoadReport`.
+
+    Raises
+    ------
+    ValueError:
+        naming the source, when no key matches the encoder, when a tensor has an incompatible
+        shape, or (``strict_encoder``) when encoder keys are missing.
+    """
+    state, source = read_state_dict(path_or_state)
+    encoder, others = encoder_state_dict(state)
+    target = model.encoder.state_dict()
+    matched = {k: v for k, v in encoder.items() if k in target}
+    if not matched:
+        raise ValueError(
+            f"{source}: no ViT encoder weights found; none of its {len(state)} keys "
+            f"(e.g. {', '.join(list(state)[:5])}) matches an encoder key such as "
+            "cls_token, patch_embed.proj.weight, blocks.0.attn.qkv.weight"
+        )
+    report = LoadReport(source=source,
+                        unexpected=others + [k for k in encoder if k not in target])
+    if "pos_embed" in matched and matched["pos_embed"].shape != target["pos_embed"].shape:
+        grid = tuple(model.encoder.patch_embed.grid_size)
+        prefix = model.encoder.num_prefix_tokens
+        old = math.isqrt(matched["pos_embed"].shape[1] - prefix)
+        matched["pos_embed"] = interpolate_pos_embed(matched["pos_embed"], grid, prefix)
+        report.adapted.append(f"pos_embed: grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic)")
+    key = "patch_embed.proj.weight"
+    if key in matched and matched[key].shape != target[key].shape:
+        have, want = matched[key].shape[1], target[key].shape[1]
+        matched[key] = adapt_patch_embed(matched[key], want)
+        how = "summed" if want < have else "repeated / 3"
+        report.adapted.append(f"{key}: {have} -> {want} input channels ({how})")
+    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+             for k, v in matched.items() if v.shape != target[k].shape]
+    if wrong:
+        raise ValueError(f"{source}: encoder shapes do not match the model: {'; '.join(wrong)}")
+    report.missing = [k for k in target if k not in matched]
+    if report.missing and strict_encoder:
+        raise ValueError(f"{source}: checkpoint lacks encoder keys: {', '.join(report.missing)} "
+                         "(pass strict_encoder=False to load the rest)")
+    model.encoder.load_state_dict(matched, strict=False)
+    report.loaded = list(matched)
+    log.info("%s", report)
+    if report.missing:
+        log.warning("%s: encoder keys not in the checkpoint, left as they were: %s",
+                    source, ", ".join(report.missing))
+    return report
+
+
+def export_encoder(
+    checkpoint_path_or_model: str | Path | Mapping | nn.Module,
+    out_path: str | Path,
+    in_chans: int | None = 3,
+) -> Path:
+    """Write a ViT encoder in timm naming to ``.safetensors`` (or ``.pth``) for ``timm``.
+
+    The result loads with, e.g. for a ViT-B/16 encoder::
+
+        timm.create_model("vit_base_patch16_224", pretrained=True, num_classes=0,
+                          pretrained_cfg_overlay=dict(file="encoder.safetensors"))
+
+    (use the timm name of the encoder's size, ``vit_tiny_patch16_224`` for tiny, and pass
+    ``depth=`` / ``embed_dim=`` / ``num_heads=`` / ``img_size=`` for custom shapes). timm resamples
+    the position embeddings itself when its ``img_size`` differs from the exported grid.
+
+    Channels: by default the encoder is written with 3 input channels, the layout of every timm
+    ViT, so it drops into standard models; a 1-channel (gray) encoder is converted by repeating
+    its patch-embedding kernel and dividing by 3, so a gray image replicated to 3 channels gives
+    exactly the tokens of the original model. ``timm.create_model(..., in_chans=1)`` sums the
+    channels back and recovers the original kernel.
+
+    Parameters
+    ----------
+    checkpoint_path_or_model:
+        A checkpoint of any flavour :func:`load_encoder_weights` accepts (file or dict), a
+        :class:`~vasomim.models.segmentation.ViTUNet`, or a timm ``VisionTransformer``.
+    out_path:
+        Destination; ``.safetensors`` writes safetensors, any other suffix a ``torch.save`` file
+        holding the plain state dict.
+    in_chans:
+        Input channels of the exported patch embedding (3 or 1); None keeps the encoder's own.
+
+    Returns
+    -------
+    The path written.
+    """
+    if isinstance(checkpoint_path_or_model, nn.Module):
+        module = getattr(checkpoint_path_or_model, "encoder", checkpoint_path_or_model)
+        state, source = module.state_dict(), type(module).__name__
+    else:
+        state, source = read_state_dict(checkpoint_path_or_model)
+    encoder, _ = encoder_state_dict(state)
+    if "patch_embed.proj.weight" not in encoder:
+        raise ValueError(f"{source}: no ViT encoder (patch_embed.proj.weight) to export")
+    if in_chans is not None:
+        encoder["patch_embed.proj.weight"] = adapt_patch_embed(encoder["patch_embed.proj.weight"],
+                                                               in_chans)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.items()}
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(out), metadata={"format": "pt", "naming": "timm VisionTransformer"})
+    else:
+        torch.save(tensors, out)
+    return out

@@ -1,0 +1,234 @@
+"""Shared pieces of the trainers: distributed set-up, checkpoints, RNG state, schedules, logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a (possibly single-process) run.
+
+    Attributes:
+        rank: global rank (0 when not distributed).
+        world_size: number of processes (1 when not distributed).
+        local_rank: rank on this node; selects the GPU.
+        device: the device this process computes on.
+        is_main: rank 0, the process that logs and writes checkpoints.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    is_main: bool
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process takes part."""
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group that torchrun describes in the environment, if any.
+
+    Reads RANK, WORLD_SIZE and LOCAL_RANK (set by torchrun, with MASTER_ADDR/MASTER_PORT for the
+    `env://` rendezvous). With WORLD_SIZE > 1 it initialises the default group: nccl on CUDA,
+    gloo on CPU. Otherwise nothing is initialised.
+
+    Args:
+        device: "cpu" or "cuda" to force a device type; None picks CUDA when available.
+
+    Returns:
+        DistInfo for this process.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+        )
+    return DistInfo(rank, world_size, local_rank, dev, rank == 0)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group, if one was initialised."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over all processes (identity when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to a temporary file next to `path`, then rename it over `path`.
+
+    A reader never sees a half-written file, and a crash leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    """Capture the Python, NumPy (global) and torch (CPU and CUDA) random states.
+
+    Returns:
+        a dict of lists, ints, floats and tensors only, so it survives
+        `torch.load(weights_only=True)`.
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore random states captured by `rng_state` (CUDA only when present on both sides)."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (global) and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_lr(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0
+) -> float:
+    """Learning rate at `step`: linear warm-up from 0, then a half-cycle cosine to `min_lr`.
+
+    Args:
+        step: current optimisation step (0-based; fractional epochs work too).
+        total_steps: steps in the whole run.
+        warmup_steps: steps of linear warm-up.
+        base_lr: peak learning rate, reached at the end of the warm-up.
+        min_lr: final learning rate.
+
+    Returns:
+        the learning rate (min_lr after total_steps).
+    """
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
+
+
+def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed and a non-decayed optimizer group.
+
+    No weight decay on biases, norm weights and other 1-D parameters, nor on position
+    embeddings and class/mask tokens (MAE's rule). Frozen parameters are left out.
+
+    Args:
+        model: the module to optimise.
+        weight_decay: decay of the first group.
+
+    Returns:
+        [{"params": decayed, "weight_decay": weight_decay},
+         {"params": not_decayed, "weight_decay": 0.0}]
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if param.ndim <= 1 or name.endswith(".bias") or leaf in NO_DECAY_NAMES:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class JsonlLogger:
+    """Append one JSON object per line to a file, flushed after every line.
+
+    Args:
+        path: log file; parent folders are created; an existing file is appended to (so a
+            resumed run continues its log).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write `record` (tensors of one element and NumPy scalars become numbers)."""
+        self._fh.write(json.dumps(record, default=_to_json) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._fh.close()
+
+    def __enter__(self) -> JsonlLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.generic)):
+        return value.item()
+    raise TypeError(f"cannot log a {type(value).__name__} as JSON")

@@ -34,7 +34,8 @@ Threshold and region growing
 ----------------------------
 The map's ``border`` outermost pixels are zeroed (image borders and collimator edges produce strong
 false ridges), the ``alpha``-th percentile ``T`` of the *float* map is taken (NumPy's linear
-interpolation), and the binary map is ``V >= T and V > 0``.  The original code truncates the map to
+interpolation), and the binary map is ``V >= T and V > 0`` (with "0" meaning float rounding noise:
+``1e-6`` of the image's largest intensity, see :func:`_noise_floor`).  The original code truncates the map to
 uint8 first, which on low-contrast images can push ``T`` to 0 and keep the whole image: we do not.
 Seeded region growing from ``argmax V`` over the binary map with 4-connectivity is exactly the
 4-connected component that contains the seed (Adams & Bischof 1994 with a binary criterion), computed
@@ -280,8 +281,11 @@ _FOUR_CONNECTED_STACK = np.zeros((3, 3, 3), dtype=bool)
 _FOUR_CONNECTED_STACK[1] = ndimage.generate_binary_structure(2, 1)  # no links across images
 
 
-def _grow_batch(maps: np.ndarray, alpha: float, border: int):
-    """Border, threshold and seeded 4-connected growing for a (B, H, W) float32 stack, in place on maps."""
+def _grow_batch(maps: np.ndarray, alpha: float, border: int, floors: np.ndarray):
+    """Border, threshold and seeded 4-connected growing for a (B, H, W) float32 stack, in place on maps.
+
+    ``floors`` (B,) is the level below which a response is rounding noise (see :func:`_noise_floor`).
+    """
     B, H, W = maps.shape
     if border > 0:
         b = min(border, H, W)
@@ -291,9 +295,9 @@ def _grow_batch(maps: np.ndarray, alpha: float, border: int):
         maps[:, :, -b:] = 0
     flat = maps.reshape(B, -1)
     thr = percentile_threshold(flat, alpha).astype(np.float32)
-    binary = (maps >= thr[:, None, None]) & (maps > 0)
+    binary = (maps >= thr[:, None, None]) & (maps > floors[:, None, None])
     seed_flat = flat.argmax(axis=1)
-    has_seed = flat[np.arange(B), seed_flat] > 0
+    has_seed = flat[np.arange(B), seed_flat] > floors
     labels, _ = ndimage.label(binary, structure=_FOUR_CONNECTED_STACK)
     rows, cols = np.divmod(seed_flat, W)
     seed_label = labels[np.arange(B), rows, cols]
@@ -301,6 +305,16 @@ def _grow_batch(maps: np.ndarray, alpha: float, border: int):
     masks = labels == seed_label[:, None, None]
     seeds = [(int(r), int(c)) if s else None for r, c, s in zip(rows, cols, has_seed)]
     return masks, thr, seeds
+
+
+def _noise_floor(max_abs_intensity) -> np.ndarray:
+    """Responses at or below ``1e-6`` of the image's largest intensity count as zero.
+
+    A flat image gives a float32 map of ~1e-14 rounding noise instead of exact zeros; without a floor
+    its "vessel" would be a random noise component.  Real ridges respond at ~1e-2 of the intensity
+    range and more, so the floor never touches them (on real data ``T`` is orders of magnitude above).
+    """
+    return 1e-6 * np.asarray(max_abs_intensity, dtype=np.float32)
 
 
 def anatomy_details(
@@ -319,10 +333,11 @@ def anatomy_details(
         raise ValueError(f"border must be >= 0, got {border}")
     if _is_tensor(image):
         maps = vesselness(image, sigmas)[:, 0].detach().cpu().numpy()
-        masks, thr, seeds = _grow_batch(maps, alpha, border)
+        floors = _noise_floor(image.detach().abs().amax(dim=(1, 2, 3)).float().cpu().numpy())
+        masks, thr, seeds = _grow_batch(maps, alpha, border, floors)
         return [AnatomyResult(masks[i], maps[i], float(thr[i]), seeds[i]) for i in range(len(maps))]
     vmap = vesselness(image, sigmas)[None]
-    masks, thr, seeds = _grow_batch(vmap, alpha, border)
+    masks, thr, seeds = _grow_batch(vmap, alpha, border, _noise_floor([np.abs(image).max()]))
     return AnatomyResult(masks[0], vmap[0], float(thr[0]), seeds[0])
 
 

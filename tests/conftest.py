@@ -1,0 +1,22 @@
+"""Shared test fixtures: where the real angiograms live, and a skip when they are absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under the shared real-data folder; skips the calling test with a reason when absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real angiograms not available: {path} is absent (tests on real data are skipped)")
+    return path
+
+
+@pytest.fixture
+def real_data() -> Path:
+    return shared_data()

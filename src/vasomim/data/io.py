@@ -4,20 +4,32 @@ The reading rule (documented once, used everywhere):
 
 * An image becomes a 2-D ``float32`` array in ``[0, 1]``: 8-bit data is divided by 255, 16-bit data
   by 65535 (the full range of the container, never by the image's own min/max, so intensities are
-  never silently stretched).  Colour images (RGB, RGBA, palette) are converted to luminance with
-  ITU-R 601-2 weights (Pillow's ``L`` conversion); the alpha channel is dropped.
+  never silently stretched; 12-bit data stored in a 16-bit PNG therefore reads at most 0.0625, and
+  ``vasomim data check`` warns about it).  Colour images (RGB, RGBA, palette) are converted to
+  luminance with ITU-R 601-2 weights (Pillow's ``L`` conversion); the alpha channel is dropped.
+* DICOM files (``.dcm``/``.dicom``, or any file without an image suffix whose preamble says
+  ``DICM``) follow the DICOM rule of :mod:`vasomim.data.dicom` (rescale, VOI LUT or window,
+  MONOCHROME1 inverted).  A frame of a multi-frame file is addressed as ``path#f012``.  A
+  multi-frame DICOM read without a frame index is an error (a cine is many images, not one); a
+  multi-frame raster file (multi-page TIFF, MPO JPEG, APNG) without an index reads its first frame,
+  since its extra frames are usually previews.
 * A mask becomes a 2-D ``bool`` array.  Gray masks may use 0/255, 0/1 or any 8-bit scale: a pixel is
-  vessel when its value is ``>= 128`` for masks whose maximum exceeds 1, and ``== 1`` for 0/1 masks.
-  Colour masks are refused instead of guessed.
+  vessel when its value is ``>= 128`` for masks whose maximum exceeds 1 (``>= 32768`` for 16-bit
+  masks whose maximum exceeds 255), and ``== 1`` for 0/1 masks; 1-bit masks are taken as they are.
+  With ``labels=`` (nnU-Net label maps) a pixel is vessel when its value is one of the labels.
+  Colour masks (RGB or palette images whose colours are not all gray) are refused instead of guessed.
 
 Every failure raises :class:`ImageReadError`, whose message names the file and the reason in one line.
+Nothing keeps a file open between calls, so the readers are safe in DataLoader worker processes.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,15 +38,32 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class ImageReadError(ValueError):
-    """A file that cannot be used as an image or mask. ``str(err)`` is one line: ``path: reason``."""
+    """A file that cannot be used as an image or mask. ``str(err)`` is one line: ``path: reason``.
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    Parameters
+    ----------
+    path:
+        The offending file (or item id such as ``run.dcm#f003``).
+    reason:
+        What is wrong, one line.  ``None`` means ``path`` is already the whole message: that is how
+        a DataLoader re-raises an error from a worker process (with the worker's traceback).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.reason = None if reason is None else " ".join(str(reason).splitlines())
+        super().__init__(self.path if self.reason is None else f"{self.path}: {self.reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise ImageReadError(p, "file not found")
@@ -42,14 +71,22 @@ def _open(path: str | os.PathLike) -> Image.Image:
         raise ImageReadError(p, "is a directory, not an image")
     if p.stat().st_size == 0:
         raise ImageReadError(p, "empty file (0 bytes)")
+    return p
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    p = _check_file(path)
     try:
         img = Image.open(p)
-        img.load()
     except UnidentifiedImageError:
         raise ImageReadError(p, "not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageReadError(p, f"corrupt or truncated image ({msg})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(p, f"unreadable image header ({_first_line(exc)})") from None
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        img.close()
+        raise ImageReadError(p, f"corrupt or truncated image ({_first_line(exc)})") from None
     return img
 
 
@@ -65,7 +102,7 @@ def pil_to_gray_array(img: Image.Image, path: str | os.PathLike = "<image>") -> 
         scale = 65535.0 if raw.max() > 255 else 255.0
         arr = raw.astype(np.float32) / scale
     elif mode == "F":
-        raw = np.asarray(img, dtype=np.float32)
+        raw = np.array(img, dtype=np.float32)
         if not np.isfinite(raw).all():
             raise ImageReadError(path, "floating-point image contains NaN or infinite values")
         if raw.min() < 0 or raw.max() > 1:
@@ -84,32 +121,122 @@ def pil_to_gray_array(img: Image.Image, path: str | os.PathLike = "<image>") -> 
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says, read without decoding pixels.
+
+    Attributes
+    ----------
+    width, height:
+        Size in pixels.
+    mode:
+        Pillow's mode for raster files (``L``, ``RGBA``, ``I;16``, ``P``, ...), or
+        ``"<photometric> <bits>-bit"`` for DICOM (``MONOCHROME1 12-bit``).
+    frames:
+        Number of frames (1 for an ordinary image).
+    format:
+        File format as Pillow names it (``PNG``, ``JPEG``, ...) or ``DICOM``.
+    """
+
+    width: int
+    height: int
+    mode: str
+    frames: int
+    format: str
+
+
+def image_info(path: str | os.PathLike) -> ImageInfo:
+    """Read the header of an image or DICOM file (``path#fNNN`` ids are accepted): size, mode, frames."""
+    from vasomim.data.dicom import is_dicom_file, read_dicom_header, split_frame_id
+
+    base, _frame = split_frame_id(path)
+    if is_dicom_file(base):
+        ds = read_dicom_header(base)
+        if "Rows" not in ds or "Columns" not in ds:
+            raise ImageReadError(base, "DICOM file holds no image (no Rows/Columns)")
+        bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 0)))
+        mode = f"{ds.get('PhotometricInterpretation', 'MONOCHROME2')} {bits}-bit"
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        return ImageInfo(int(ds.Columns), int(ds.Rows), mode, frames, "DICOM")
+    p = _check_file(base)
+    try:
+        with Image.open(p) as img:
+            return ImageInfo(img.width, img.height, img.mode, getattr(img, "n_frames", 1), img.format or "?")
+    except UnidentifiedImageError:
+        raise ImageReadError(p, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(p, f"unreadable image header ({_first_line(exc)})") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an angiogram as 2-D float32 gray in [0, 1] (see the module docstring for the rule)."""
-    with _open(path) as img:
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
+    """Read an angiogram as 2-D float32 gray in ``[0, 1]`` (see the module docstring for the rule).
+
+    Parameters
+    ----------
+    path:
+        An image file (png/jpg/bmp/tif, any Pillow mode), a DICOM file, or one frame of a
+        multi-frame file written ``path#f012``.
+    """
+    from vasomim.data.dicom import is_dicom_file, read_dicom_frame, split_frame_id
+
+    base, frame = split_frame_id(path)
+    if frame is not None and Path(path).exists():  # a file whose name really ends in "#f<digits>"
+        base, frame = os.fspath(path), None
+    if is_dicom_file(base):
+        return read_dicom_frame(base, frame)
+    with _open(base) as img:
+        n_frames = getattr(img, "n_frames", 1)
+        if frame is not None and frame >= n_frames:
+            raise ImageReadError(base, f"frame {frame} requested but the file has {n_frames} frame(s)")
+        if frame:
+            try:
+                img.seek(frame)
+                img.load()
+            except (OSError, EOFError, ValueError) as exc:
+                raise ImageReadError(base, f"corrupt frame {frame} ({_first_line(exc)})") from None
         return pil_to_gray_array(img, path)
 
 
-def read_mask(path: str | os.PathLike, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a binary vessel mask (0/255, 0/1 or >=128 conventions) as a 2-D bool array."""
+def _mask_values(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """The single-channel values of a mask image; colour is refused."""
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"):
+        arr = np.asarray(img.convert("RGB"))
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            kind = "palette (colour-mapped)" if mode in ("P", "PA") else f"colour ({mode})"
+            raise ImageReadError(path, f"mask is a {kind} image; save it as a single-channel 0/255 PNG")
+        return arr[..., 0]
+    if mode == "LA":
+        return np.asarray(img.getchannel("L"))
+    return np.asarray(img)
+
+
+def read_mask(
+    path: str | os.PathLike,
+    expected_shape: tuple[int, int] | None = None,
+    labels: Iterable[int] | None = None,
+) -> np.ndarray:
+    """Read a binary vessel mask as a 2-D bool array.
+
+    Parameters
+    ----------
+    path:
+        A single-channel mask image (0/255, 0/1, >=128 or 1-bit; gray stored as RGB is accepted).
+    expected_shape:
+        ``(height, width)`` of the image the mask belongs to; a different size is an error.
+    labels:
+        Read the file as an integer label map and mark the pixels whose value is in ``labels``
+        (used for nnU-Net ``labelsTr``); ``None`` applies the binary conventions above.
+    """
     with _open(path) as img:
-        mode = img.mode
-        if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-            arr = np.asarray(img.convert("RGB"))
-            if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
-                raise ImageReadError(path, f"mask is a colour ({mode}) image; save it as a single-channel 0/255 PNG")
-            raw = arr[..., 0]
-        elif mode in ("P", "PA"):
-            raise ImageReadError(path, "mask is a palette (colour-mapped) image; save it as a single-channel 0/255 PNG")
-        elif mode == "LA":
-            raw = np.asarray(img.getchannel("L"))
-        else:
-            raw = np.asarray(img)
+        raw = _mask_values(img, path)
     if raw.ndim != 2:
         raise ImageReadError(path, f"expected a 2-D mask, got shape {raw.shape}")
-    if raw.dtype == bool:
+    if labels is not None:
+        if raw.dtype.kind not in "biu":
+            raise ImageReadError(path, f"label map must hold integers, got {raw.dtype}")
+        out = np.isin(raw, np.asarray(list(labels)))
+    elif raw.dtype == bool:
         out = raw
     else:
         vmax = raw.max()

@@ -1,0 +1,276 @@
+"""Reading DICOM X-ray angiograms (single images and multi-frame cines) as gray float frames.
+
+pydicom is an optional dependency (``pip install 'vasomim[dicom]'``); it is imported only when a
+DICOM file is actually read, and its absence gives an :class:`~vasomim.data.io.ImageReadError`
+that says how to install it.
+
+The DICOM reading rule, applied to every frame (PS3.3 C.11: modality LUT, then VOI LUT, then the
+photometric interpretation):
+
+1. Stored values go through the modality rescale, ``y = RescaleSlope * x + RescaleIntercept``
+   (identity when absent).  A Modality LUT Sequence is refused (not seen in XA; not guessed).
+2. The VOI transform maps ``y`` to ``[0, 1]``, the first one present of:
+
+   * a VOI LUT Sequence: ``LUTData[clip(y - first_mapped, 0, n - 1)] / (2**bits - 1)`` with
+     ``(n, first_mapped, bits)`` from the LUT Descriptor;
+   * a window (first Window Center / Width pair), with the VOI LUT Function of PS3.3 C.11.2.1.2:
+     ``LINEAR`` (default): ``clip((y - (c - 0.5)) / (w - 1) + 0.5, 0, 1)``,
+     ``LINEAR_EXACT``: ``clip((y - c) / w + 0.5, 0, 1)``,
+     ``SIGMOID``: ``1 / (1 + exp(-4 (y - c) / w))``;
+   * otherwise the full range of the container, never the frame's own min/max: the values
+     ``0 .. 2**BitsStored - 1`` (or the signed range when Pixel Representation is 1), passed
+     through the same rescale, map linearly onto ``[0, 1]``.  So a 12-bit frame is divided by 4095.
+3. ``MONOCHROME1`` (minimum value shown white) is inverted, ``1 - v``, so that every frame reads
+   as ``MONOCHROME2``: vessels dark on a bright background, as in a raster angiogram.  RGB frames
+   (rare) become luminance with the ITU-R 601-2 weights over the container range; other
+   photometric interpretations (palette colour, ...) are refused.
+
+A multi-frame file (a cine) is a sequence of images: frame ``k`` of ``run.dcm`` has the id
+``run.dcm#f012`` (:func:`frame_id`), which :func:`vasomim.data.io.read_image` accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, _first_line
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+_FRAME_ID = re.compile(r"^(?P<path>.+)#f(?P<frame>\d+)$")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R 601-2, as Pillow's "L" conversion
+
+
+def frame_id(path: str | os.PathLike, frame: int) -> str:
+    """The id of one frame of a multi-frame file: ``path#f012`` (at least three digits)."""
+    return f"{os.fspath(path)}#f{frame:03d}"
+
+
+def split_frame_id(image_id: str | os.PathLike) -> tuple[str, int | None]:
+    """Split ``path#f012`` into ``(path, 12)``; an id without a frame suffix gives ``(path, None)``."""
+    s = os.fspath(image_id)
+    m = _FRAME_ID.match(s)
+    if m is None:
+        return s, None
+    return m.group("path"), int(m.group("frame"))
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for a ``.dcm``/``.dicom`` file, or a file without a known suffix whose preamble says ``DICM``.
+
+    Only files without a known image suffix are opened (to read 132 bytes), so this stays cheap when
+    listing large folders of PNGs.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix in IMAGE_SUFFIXES:
+        return False
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _pydicom(path: str | os.PathLike):
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageReadError(path, "reading DICOM needs pydicom: pip install 'vasomim[dicom]'") from None
+    return pydicom
+
+
+def read_dicom_header(path: str | os.PathLike) -> Any:
+    """The DICOM dataset without its pixel data (fast; used for listing frames and checking files)."""
+    pydicom = _pydicom(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(p, "file not found")
+    if p.stat().st_size == 0:
+        raise ImageReadError(p, "empty file (0 bytes)")
+    try:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+    except pydicom.errors.InvalidDicomError:
+        raise ImageReadError(p, "not a DICOM file (no DICM preamble)") from None
+    except Exception as exc:  # pydicom raises many types on damaged headers
+        raise ImageReadError(p, f"unreadable DICOM header ({_first_line(exc)})") from None
+    return ds
+
+
+def dicom_frame_count(path: str | os.PathLike) -> int:
+    """Number of frames in a DICOM file (1 for a single image); errors if it holds no image."""
+    ds = read_dicom_header(path)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageReadError(path, "DICOM file holds no image (no Rows/Columns)")
+    return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+
+
+def _decode(path: str | os.PathLike, index: int | None) -> tuple[Any, np.ndarray]:
+    """Decode all frames (``index=None``) or one frame; returns the dataset and a (F,H,W[,3]) array."""
+    pydicom = _pydicom(path)
+    ds = read_dicom_header(path)
+    n_frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    if index is not None and not 0 <= index < n_frames:
+        raise ImageReadError(path, f"frame {index} requested but the file has {n_frames} frame(s)")
+    try:
+        try:
+            from pydicom.pixels import pixel_array  # pydicom >= 3 decodes a single frame on its own
+        except ImportError:
+            pixel_array = None
+        if pixel_array is not None:
+            arr = pixel_array(os.fspath(path), index=index)
+        else:
+            full = pydicom.dcmread(path).pixel_array
+            arr = full if index is None or n_frames == 1 else full[index]
+    except Exception as exc:  # missing PixelData, unsupported transfer syntax, truncated data, ...
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({_first_line(exc)})") from None
+    colour = ds.get("SamplesPerPixel", 1) > 1
+    if index is not None or n_frames == 1:
+        arr = arr[None]
+    if arr.ndim != (4 if colour else 3):
+        raise ImageReadError(path, f"unexpected DICOM pixel array shape {arr.shape}")
+    return ds, arr
+
+
+def _container_range(ds: Any) -> tuple[float, float]:
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def _rescale(ds: Any) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+
+
+def _first_value(value: Any) -> float:
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return float(value[0])
+    return float(value)
+
+
+def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Map modality values to ``[0, 1]`` with a DICOM window (PS3.3 C.11.2.1.2).
+
+    Parameters
+    ----------
+    values:
+        Modality values (after rescale slope/intercept), any shape.
+    center, width:
+        Window Center and Window Width.  ``LINEAR`` needs ``width >= 1``, the others ``width > 0``.
+    function:
+        VOI LUT Function: ``LINEAR`` (default), ``LINEAR_EXACT`` or ``SIGMOID``.
+
+    Returns
+    -------
+    float32 array of the same shape in ``[0, 1]``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    function = (function or "LINEAR").upper()
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError(f"LINEAR window width must be >= 1, got {width}")
+        if width == 1:  # the standard's degenerate window: a threshold at c - 0.5
+            out = (v > center - 0.5).astype(np.float64)
+        else:
+            out = (v - (center - 0.5)) / (width - 1.0) + 0.5
+    elif function == "LINEAR_EXACT":
+        if width <= 0:
+            raise ValueError(f"LINEAR_EXACT window width must be > 0, got {width}")
+        out = (v - center) / width + 0.5
+    elif function == "SIGMOID":
+        if width <= 0:
+            raise ValueError(f"SIGMOID window width must be > 0, got {width}")
+        out = 1.0 / (1.0 + np.exp(-4.0 * (v - center) / width))
+    else:
+        raise ValueError(f"unknown VOI LUT Function {function!r}")
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _voi(ds: Any, values: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Steps 2 of the module rule: modality values -> [0, 1]."""
+    seq = ds.get("VOILUTSequence")
+    if seq:
+        item = seq[0]
+        n_entries, first_mapped, bits = (int(x) for x in item.LUTDescriptor)
+        n_entries = n_entries or 65536  # PS3.3 C.11.2.1.1: 0 means 2**16 entries
+        data = item.LUTData
+        if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words (little-endian transfer syntaxes)
+            lut = np.frombuffer(bytes(data), dtype="<u2").astype(np.float64)
+        else:  # US: a list of ints
+            lut = np.atleast_1d(np.asarray(data, dtype=np.float64))
+        if lut.size < n_entries:
+            raise ImageReadError(path, f"VOI LUT holds {lut.size} entries, descriptor says {n_entries}")
+        idx = np.clip(np.rint(values - first_mapped), 0, n_entries - 1).astype(np.int64)
+        return (lut[idx] / (2.0**bits - 1)).clip(0, 1).astype(np.float32)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first_value(ds.WindowCenter), _first_value(ds.WindowWidth)
+        try:
+            return apply_window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")))
+        except ValueError as exc:
+            raise ImageReadError(path, f"invalid DICOM window ({exc})") from None
+    slope, intercept = _rescale(ds)
+    lo, hi = sorted(slope * r + intercept for r in _container_range(ds))
+    return ((values - lo) / (hi - lo)).clip(0, 1).astype(np.float32)
+
+
+def _to_gray(ds: Any, arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Apply the module's reading rule to a (F,H,W[,3]) stored-value array -> (F,H,W) float32."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if "ModalityLUTSequence" in ds:
+        raise ImageReadError(path, "DICOM Modality LUT Sequence is not supported")
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        slope, intercept = _rescale(ds)
+        out = _voi(ds, arr.astype(np.float64) * slope + intercept, path)
+        if photometric == "MONOCHROME1":
+            out = 1.0 - out
+        return out
+    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and arr.ndim == 4:
+        lo, hi = _container_range(ds)
+        return ((arr.astype(np.float64) @ _LUMA - lo) / (hi - lo)).clip(0, 1).astype(np.float32)
+    raise ImageReadError(path, f"unsupported DICOM photometric interpretation {photometric!r}")
+
+
+def read_dicom_frames(path: str | os.PathLike) -> list[np.ndarray]:
+    """Read every frame of a DICOM file as 2-D float32 gray in ``[0, 1]`` (module rule).
+
+    Parameters
+    ----------
+    path:
+        A DICOM file, single- or multi-frame.
+
+    Returns
+    -------
+    One ``(H, W)`` array per frame; frame ``k`` is addressed elsewhere as ``frame_id(path, k)``.
+    """
+    ds, arr = _decode(path, None)
+    return list(_to_gray(ds, arr, path))
+
+
+def read_dicom_frame(path: str | os.PathLike, frame: int | None = None) -> np.ndarray:
+    """Read one frame of a DICOM file as 2-D float32 gray in ``[0, 1]``.
+
+    Parameters
+    ----------
+    path:
+        A DICOM file.
+    frame:
+        Frame index.  ``None`` is accepted only for a single-frame file: a cine has no "the image",
+        so a multi-frame file without an index is an error that says how to address a frame.
+    """
+    if frame is None:
+        n = dicom_frame_count(path)
+        if n > 1:
+            raise ImageReadError(
+                path, f"multi-frame DICOM ({n} frames): read one frame as {Path(path).name}#f000, or all with read_dicom_frames"
+            )
+        frame = 0
+    ds, arr = _decode(path, frame)
+    return _to_gray(ds, arr, path)[0]

@@ -55,6 +55,18 @@ def test_blocks_after_the_last_tap_are_not_run():
     assert model.encoder.blocks[0].mlp.fc1.weight.grad is not None
 
 
+def test_taps_are_the_outputs_of_the_named_blocks():
+    model = _vit(taps=(1, 2, 2, 2)).eval()
+    seen = {}
+    for i, block in enumerate(model.encoder.blocks):
+        block.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i + 1, out))
+    with torch.no_grad():
+        z2, z4, z8, _ = model.encode(torch.randn(2, 1, 64, 96))
+    for z, block in [(z2, 1), (z4, 2), (z8, 2)]:
+        assert z.shape == (2, 64, 4, 6)
+        torch.testing.assert_close(z.flatten(2).transpose(1, 2), seen[block][:, 1:])
+
+
 def test_deepest_tap_is_the_vit_output():
     model = _vit().eval()
     x = torch.randn(2, 1, 64, 64)

@@ -2,8 +2,9 @@
 
 Reference (as the original VasoMIM code does it): ``skimage.filters.sato`` on the 0-255 image, the
 border zeroed, the 92nd percentile, and a Python stack-based 4-connected flood fill from the argmax.
-Ours: :func:`vasomim.anatomy.extract_anatomy` on a batched torch tensor (CPU here; CUDA when given
-``--device cuda``), and the NumPy/SciPy path.
+Ours: :func:`vasomim.anatomy.extract_anatomy` on NumPy arrays (OpenCV separable filters), in one
+process and in ``--workers`` processes (what ``vasomim anatomy --workers N`` does), and the batched
+torch path (CPU here; CUDA with ``--device cuda``).
 
 Prints per-image times, the speed-up ratios and the mean Dice between the reference masks and ours.
 The reference keeps the float map (it does not truncate to uint8) so that the masks are comparable.
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes for the multi-process run")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     args = ap.parse_args()
 
@@ -110,6 +112,17 @@ def main() -> None:
     np_masks = [extract_anatomy(im) for _, im in images]
     t_np = time.perf_counter() - t0
 
+    # ours, numpy path in worker processes (as `vasomim anatomy --workers N`)
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vasomim.engines.anatomy import _worker_init
+
+    with ProcessPoolExecutor(args.workers, initializer=_worker_init) as pool:
+        list(pool.map(extract_anatomy, [images[0][1]] * args.workers))  # start the workers
+        t0 = time.perf_counter()
+        pool_masks = list(pool.map(extract_anatomy, [im for _, im in images], chunksize=2))
+        t_pool = time.perf_counter() - t0
+
     # ours, torch batched path (warm-up once on a small batch: kernel caches, allocator)
     dev = torch.device(args.device)
     extract_anatomy(torch.from_numpy(stack[:1, None]).to(dev))
@@ -130,10 +143,12 @@ def main() -> None:
         print(f"{name:<28}{tr:>12.3f}{dice(rm, nm):>10.4f}{dice(rm, tm):>12.4f}")
     d_np = np.mean([dice(a, b) for a, b in zip(ref_masks, np_masks)])
     d_t = np.mean([dice(a, b) for a, b in zip(ref_masks, torch_masks)])
+    d_p = np.mean([dice(a, b) for a, b in zip(ref_masks, pool_masks)])
     print()
     print(f"images: {n} at {args.size}x{args.size}; torch threads {torch.get_num_threads()}; device {dev}")
     print(f"reference (sato + percentile + Python flood fill): {1000 * t_ref / n:8.1f} ms/image")
     print(f"vasomim numpy path:                                {1000 * t_np / n:8.1f} ms/image  speed-up {t_ref / t_np:6.1f}x  mean Dice {d_np:.4f}")
+    print(f"vasomim numpy path, {args.workers} worker processes:             {1000 * t_pool / n:8.1f} ms/image  speed-up {t_ref / t_pool:6.1f}x  mean Dice {d_p:.4f}")
     print(f"vasomim torch batched (batch {args.batch_size:>3}):                {1000 * t_torch / n:8.1f} ms/image  speed-up {t_ref / t_torch:6.1f}x  mean Dice {d_t:.4f}")
 
 

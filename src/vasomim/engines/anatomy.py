@@ -157,6 +157,16 @@ def _record_failed(rel, reason, path: Path) -> dict:
     return {"file": rel, "status": "failed", "error": reason, "size": size, "mtime_ns": mtime}
 
 
+def _worker_init() -> None:
+    """One thread per worker process: the processes are the parallelism (no oversubscription)."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
 def process_one(args: tuple[str, str, str, str, dict]) -> dict:
     """Worker: read one image, extract its anatomy, write the mask; never raises for bad input."""
     in_root, out_root, rel, mask_rel, params = args
@@ -250,7 +260,7 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
             workers = cfg.workers or (os.cpu_count() or 1)
             jobs = [(str(in_root), str(out_root), rel, mask_rel, params) for rel, mask_rel in todo]
             if workers > 1 and len(jobs) > 1:
-                pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_worker_init)
                 records = pool.map(process_one, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
             else:
                 pool = None

@@ -1,4 +1,4 @@
-"""Checkpoints: the project's conventions, loading a ViT encoder from any flavour, exporting to timm.
+"""Checkpoints: project conventions, loading a ViT encoder from any flavour, export to timm.
 
 Conventions
 -----------

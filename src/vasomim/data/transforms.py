@@ -1,0 +1,369 @@
+"""Joint image/mask transforms for pre-training and fine-tuning.
+
+Everything here works on numpy arrays (image: 2-D float32 in ``[0, 1]``; mask: 2-D bool) and draws
+its randomness from an explicit ``numpy.random.Generator``, so a transform is deterministic given
+its generator and safe in DataLoader workers (see :func:`vasomim.data.datasets.sample_rng` for how
+the datasets seed it).
+
+Geometry is shared: one set of crop/flip parameters is drawn per sample and applied to the image
+(bicubic) and the mask (nearest), both resampled by Pillow on the same output grid.  Output pixel
+``i`` of a crop ``(top, left, height, width)`` resized to ``size`` samples the source at
+``left + (i + 0.5) * width / size`` (pixel centres), so every mask pixel lands on the image pixel it
+came from.  Bicubic overshoot is clipped back to ``[0, 1]``.  Photometric jitter touches the image
+only.
+
+:func:`build_transform` turns a :class:`TransformConfig` into the callable the datasets use:
+``(image, mask | None, rng) -> (FloatTensor (C, H, W), FloatTensor (1, H, W) | None)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import field_validator, model_validator
+
+from vasomim.config import StrictModel
+
+__all__ = [
+    "GRAY_MEAN",
+    "GRAY_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TransformConfig",
+    "JointTransform",
+    "build_transform",
+    "random_resized_crop_params",
+    "resized_crop",
+    "joint_random_resized_crop",
+    "hflip",
+    "random_hflip",
+    "resize",
+    "photometric_jitter",
+    "normalize",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Gray statistics: the ImageNet statistics averaged over the channels (timm's convention for
+# single-channel models), so a 1-channel and a 3-channel model see inputs on the same scale.
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
+
+_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+class TransformConfig(StrictModel):
+    """Settings of the joint transform.
+
+    Attributes
+    ----------
+    size:
+        Output side in pixels (square output).
+    scale:
+        Range of the crop area as a fraction of the image area (RandomResizedCrop).
+    ratio:
+        Range of the crop aspect ratio (width / height), sampled log-uniformly.
+    hflip:
+        Probability of a horizontal flip.
+    photometric:
+        Apply the photometric jitter below to the image (training only).
+    brightness:
+        Largest additive brightness shift (uniform in ``[-b, b]``).
+    contrast:
+        Largest relative contrast change: a factor uniform in ``[1 - c, 1 + c]`` around the mean.
+    gamma:
+        Range of the gamma exponent, sampled log-uniformly.
+    noise:
+        Largest standard deviation of additive Gaussian noise (uniform in ``[0, noise]``).
+    channels:
+        1 (gray) or 3 (gray replicated, for ImageNet-style models).
+    mean, std:
+        Normalisation per output channel.  Default: :data:`GRAY_MEAN`/:data:`GRAY_STD` for one
+        channel, :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD` for three.
+    """
+
+    size: int = 224
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    photometric: bool = False
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise: float = 0.02
+    channels: Literal[1, 3] = 1
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("size must be >= 1")
+        return v
+
+    @field_validator("scale", "ratio", "gamma")
+    @classmethod
+    def _ordered_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"expected 0 < low <= high, got {v}")
+        return v
+
+    @field_validator("hflip")
+    @classmethod
+    def _probability(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError("hflip is a probability in [0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _stats_match_channels(self) -> "TransformConfig":
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"{key} has {len(value)} values for {self.channels} channel(s)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std values must be > 0")
+        return self
+
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The ``(mean, std)`` in use, defaults filled in."""
+        if self.channels == 1:
+            return self.mean or GRAY_MEAN, self.std or GRAY_STD
+        return self.mean or IMAGENET_MEAN, self.std or IMAGENET_STD
+
+
+def _size_hw(out_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (out_size, out_size) if isinstance(out_size, int) else (int(out_size[0]), int(out_size[1]))
+
+
+def random_resized_crop_params(
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """Draw a RandomResizedCrop box ``(top, left, height, width)`` inside an ``h x w`` image.
+
+    The area fraction is uniform in ``scale`` and the aspect ratio (width/height) log-uniform in
+    ``ratio``; up to ten draws are tried, then the largest centred box whose ratio is clamped to
+    ``ratio`` is used (the usual RandomResizedCrop rule).
+    """
+    area = h * w
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            return top, left, ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def resized_crop(
+    array: np.ndarray,
+    box: tuple[int, int, int, int],
+    out_size: int | tuple[int, int],
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bicubic",
+) -> np.ndarray:
+    """Crop ``box = (top, left, height, width)`` and resize it to ``out_size`` in one Pillow call.
+
+    Parameters
+    ----------
+    array:
+        2-D float32 (resampled as Pillow mode ``F``), or bool/uint8 (mode ``L``; use ``nearest``).
+    box:
+        The crop in source pixels.
+    out_size:
+        Output side, or ``(height, width)``.
+    interpolation:
+        ``nearest``, ``bilinear`` or ``bicubic`` (Pillow's filters, antialiased when shrinking).
+
+    Returns
+    -------
+    An array of the input dtype (float32, bool or uint8) and shape ``out_size``.
+    """
+    top, left, height, width = box
+    oh, ow = _size_hw(out_size)
+    if array.dtype == bool:
+        src = Image.fromarray(array.view(np.uint8))
+    elif array.dtype == np.uint8:
+        src = Image.fromarray(array)
+    else:
+        src = Image.fromarray(np.asarray(array, dtype=np.float32))
+    out = np.array(src.resize((ow, oh), _RESAMPLE[interpolation], box=(left, top, left + width, top + height)))
+    return out.astype(bool) if array.dtype == bool else out
+
+
+def joint_random_resized_crop(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    out_size: int | tuple[int, int],
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    rng: np.random.Generator | None = None,
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bicubic",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """RandomResizedCrop of an image and its mask with one shared box.
+
+    Parameters
+    ----------
+    image:
+        2-D float32 image.
+    mask:
+        2-D bool mask of the same shape, or ``None``.
+    out_size:
+        Output side, or ``(height, width)``.
+    scale, ratio:
+        See :func:`random_resized_crop_params`.
+    rng:
+        Source of randomness (``None``: a fresh unseeded generator).
+    interpolation:
+        Filter for the image; the mask always uses ``nearest``.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    if mask is not None and mask.shape != image.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
+    box = random_resized_crop_params(image.shape[0], image.shape[1], scale, ratio, rng)
+    out_image = resized_crop(image, box, out_size, interpolation)
+    out_mask = resized_crop(mask, box, out_size, "nearest") if mask is not None else None
+    return out_image, out_mask
+
+
+def hflip(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mirror image and mask left-right (contiguous copies)."""
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    return flipped, (np.ascontiguousarray(mask[:, ::-1]) if mask is not None else None)
+
+
+def random_hflip(
+    image: np.ndarray, mask: np.ndarray | None, p: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Apply :func:`hflip` to both with probability ``p`` (one draw from ``rng`` either way)."""
+    return hflip(image, mask) if rng.random() < p else (image, mask)
+
+
+def resize(
+    image: np.ndarray, mask: np.ndarray | None, out_size: int | tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize a whole image (bicubic, clipped to ``[0, 1]``) and its mask (nearest) to ``out_size``."""
+    box = (0, 0, image.shape[0], image.shape[1])
+    out = np.clip(resized_crop(image, box, out_size, "bicubic"), 0.0, 1.0)
+    return out, (resized_crop(mask, box, out_size, "nearest") if mask is not None else None)
+
+
+def photometric_jitter(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    brightness: float = 0.1,
+    contrast: float = 0.2,
+    gamma: tuple[float, float] = (0.8, 1.25),
+    noise: float = 0.02,
+) -> np.ndarray:
+    """Random gamma, contrast, brightness and Gaussian noise on a ``[0, 1]`` image (result clipped).
+
+    Parameters
+    ----------
+    image:
+        2-D float32 in ``[0, 1]``.
+    rng:
+        Source of randomness.
+    brightness:
+        Additive shift uniform in ``[-brightness, brightness]``.
+    contrast:
+        Factor uniform in ``[1 - contrast, 1 + contrast]``, applied around the image mean.
+    gamma:
+        Exponent range, log-uniform.
+    noise:
+        Noise standard deviation uniform in ``[0, noise]``.
+    """
+    g = math.exp(rng.uniform(math.log(gamma[0]), math.log(gamma[1])))
+    c = rng.uniform(1 - contrast, 1 + contrast)
+    b = rng.uniform(-brightness, brightness)
+    sigma = rng.uniform(0, noise)
+    out = np.power(np.clip(image, 0.0, 1.0), g, dtype=np.float32)
+    out = (out - out.mean()) * c + out.mean() + b
+    if sigma > 0:
+        out += rng.normal(0.0, sigma, size=out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(image - mean) / std`` as a FloatTensor ``(C, H, W)``; ``C = len(mean)`` (gray replicated)."""
+    m = np.asarray(mean, dtype=np.float32)[:, None, None]
+    s = np.asarray(std, dtype=np.float32)[:, None, None]
+    return torch.from_numpy((np.asarray(image, dtype=np.float32)[None] - m) / s)
+
+
+class JointTransform:
+    """The callable built by :func:`build_transform`; picklable, stateless between calls.
+
+    Training: RandomResizedCrop (shared box) -> horizontal flip -> optional photometric jitter ->
+    normalise.  Evaluation: resize to ``size x size`` -> normalise.
+
+    Parameters
+    ----------
+    cfg:
+        The settings.
+    train:
+        Random augmentation (``True``) or the deterministic evaluation path.
+    """
+
+    def __init__(self, cfg: TransformConfig, train: bool):
+        self.cfg = cfg
+        self.train = train
+        self.mean, self.std = cfg.stats()
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Transform one sample.
+
+        Parameters
+        ----------
+        image:
+            2-D float32 in ``[0, 1]``.
+        mask:
+            2-D bool of the same shape, or ``None``.
+        rng:
+            Source of randomness (``None``: a fresh unseeded generator; the datasets always pass one).
+
+        Returns
+        -------
+        ``(image FloatTensor (C, size, size), mask FloatTensor (1, size, size) of 0/1, or None)``.
+        """
+        cfg = self.cfg
+        if self.train:
+            rng = rng if rng is not None else np.random.default_rng()
+            image, mask = joint_random_resized_crop(image, mask, cfg.size, cfg.scale, cfg.ratio, rng)
+            np.clip(image, 0.0, 1.0, out=image)
+            image, mask = random_hflip(image, mask, cfg.hflip, rng)
+            if cfg.photometric:
+                image = photometric_jitter(image, rng, cfg.brightness, cfg.contrast, cfg.gamma, cfg.noise)
+        else:
+            image, mask = resize(image, mask, cfg.size)
+        out_mask = torch.from_numpy(mask[None].astype(np.float32)) if mask is not None else None
+        return normalize(image, self.mean, self.std), out_mask
+
+    def __repr__(self) -> str:
+        return f"JointTransform(train={self.train}, {self.cfg!r})"
+
+
+def build_transform(cfg: TransformConfig | None = None, train: bool = True) -> JointTransform:
+    """The joint transform for ``cfg`` (defaults when ``None``); see :class:`JointTransform`."""
+    return JointTransform(cfg if cfg is not None else TransformConfig(), train)

@@ -1,0 +1,141 @@
+"""Joint transforms: crop/flip alignment of image and mask, determinism, normalisation, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from vasomim.data.transforms import (
+    GRAY_MEAN,
+    GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TransformConfig,
+    build_transform,
+    hflip,
+    joint_random_resized_crop,
+    normalize,
+    photometric_jitter,
+    random_hflip,
+    random_resized_crop_params,
+    resize,
+)
+
+H, W = 97, 131  # odd, non-square: off-by-one errors show
+
+
+def coordinate_image():
+    """Each pixel holds its own index y * W + x (exact in float32)."""
+    return np.arange(H * W, dtype=np.float32).reshape(H, W)
+
+
+def pattern(ys, xs):
+    """A mask defined from coordinates alone, irregular enough that a shift of one pixel breaks it."""
+    return ((ys * 7 + xs * 3) % 5 == 0) | ((ys * xs) % 11 == 3)
+
+
+def test_crop_params_stay_inside_and_follow_the_rng():
+    for seed in range(200):
+        top, left, h, w = random_resized_crop_params(H, W, (0.2, 1.0), (3 / 4, 4 / 3), np.random.default_rng(seed))
+        assert 0 <= top and 0 <= left and 0 < h and 0 < w and top + h <= H and left + w <= W
+        assert 0.2 * H * W * 0.9 <= h * w <= H * W
+    a = random_resized_crop_params(H, W, (0.2, 1.0), (3 / 4, 4 / 3), np.random.default_rng(5))
+    assert a == random_resized_crop_params(H, W, (0.2, 1.0), (3 / 4, 4 / 3), np.random.default_rng(5))
+    # impossible ratios fall back to the largest centred crop with a clamped ratio
+    assert random_resized_crop_params(100, 400, (0.9, 1.0), (1.0, 1.0), np.random.default_rng(0)) == (0, 150, 100, 100)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_mask_pixel_lands_on_its_image_pixel(seed):
+    ys, xs = np.mgrid[0:H, 0:W]
+    image, m = coordinate_image(), pattern(ys, xs)
+    rng = np.random.default_rng(seed)
+    out_size = (60, 45) if seed % 2 else 224  # shrink and enlarge
+    img_c, mask_c = joint_random_resized_crop(image, m, out_size, (0.05, 1.0), (0.5, 2.0), rng, interpolation="nearest")
+    img_c, mask_c = random_hflip(img_c, mask_c, 0.5, rng)
+    src = img_c.astype(np.int64)
+    np.testing.assert_array_equal(img_c, src)  # nearest copies source values exactly
+    np.testing.assert_array_equal(mask_c, pattern(src // W, src % W))
+
+
+def test_bicubic_image_follows_the_nearest_mask():
+    """With the image bicubic, its value at a pixel is the sampled source position; the mask took the
+    pixel containing that position."""
+    ys, xs = np.mgrid[0:H, 0:W]
+    for seed in range(6):
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        x_img, x_par = joint_random_resized_crop(xs.astype(np.float32), xs % 2 == 1, 64, rng=rng_a)
+        y_img, y_par = joint_random_resized_crop(ys.astype(np.float32), ys % 2 == 1, 64, rng=rng_b)
+        inner = (slice(4, -4), slice(4, -4))  # away from the crop border, where the filter is truncated
+        for val, par in ((x_img[inner], x_par[inner]), (y_img[inner], y_par[inner])):
+            pos = val + 0.5  # continuous coordinate of the sampled point
+            clear = np.abs(pos - np.round(pos)) > 1e-3
+            np.testing.assert_array_equal(np.floor(pos)[clear].astype(int) % 2 == 1, par[clear])
+
+
+def test_flip_and_resize():
+    image, m = coordinate_image(), coordinate_image() % 3 == 0
+    fi, fm = hflip(image, m)
+    np.testing.assert_array_equal(fi[:, 0], image[:, -1])
+    np.testing.assert_array_equal(fm, m[:, ::-1])
+    assert random_hflip(image, m, 0.0, np.random.default_rng(0))[0] is image
+    ri, rm = resize(image / image.max(), m, 50)
+    assert ri.shape == rm.shape == (50, 50) and rm.dtype == bool and 0 <= ri.min() and ri.max() <= 1
+
+
+def test_photometric_jitter_touches_the_image_only():
+    rng = np.random.default_rng(0)
+    image = np.random.default_rng(1).random((64, 64)).astype(np.float32)
+    out = photometric_jitter(image, rng, 0.2, 0.3, (0.7, 1.4), 0.05)
+    assert out.dtype == np.float32 and out.shape == image.shape and 0 <= out.min() and out.max() <= 1
+    assert not np.allclose(out, image)
+    cfg = TransformConfig(size=32, photometric=True, hflip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    m = np.zeros((64, 64), bool)
+    m[10:20, 5:60] = True
+    plain = build_transform(cfg.model_copy(update={"photometric": False}))
+    x1, m1 = build_transform(cfg)(image, m, np.random.default_rng(3))
+    x2, m2 = plain(image, m, np.random.default_rng(3))
+    assert torch.equal(m1, m2) and not torch.allclose(x1, x2)
+
+
+def test_build_transform_outputs_and_determinism():
+    image = np.random.default_rng(0).random((120, 100)).astype(np.float32)
+    m = image > 0.7
+    t = build_transform(TransformConfig(size=48, photometric=True))
+    x, y = t(image, m, np.random.default_rng(7))
+    assert x.shape == (1, 48, 48) and x.dtype == torch.float32
+    assert y.shape == (1, 48, 48) and set(y.unique().tolist()) <= {0.0, 1.0}
+    x2, y2 = t(image, m, np.random.default_rng(7))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    x3, _ = t(image, m, np.random.default_rng(8))
+    assert not torch.equal(x, x3)
+    xe, ye = build_transform(TransformConfig(size=48), train=False)(image, None)
+    assert xe.shape == (1, 48, 48) and ye is None
+    # un-normalised the crop stays in [0, 1] (bicubic overshoot clipped)
+    assert (x * GRAY_STD[0] + GRAY_MEAN[0]).min() >= -1e-6
+
+
+def test_normalisation_channels_and_stats():
+    image = np.full((4, 4), 0.5, np.float32)
+    one = normalize(image, GRAY_MEAN, GRAY_STD)
+    assert one.shape == (1, 4, 4) and one[0, 0, 0].item() == pytest.approx((0.5 - 0.449) / 0.226)
+    cfg3 = TransformConfig(size=4, channels=3)
+    assert cfg3.stats() == (IMAGENET_MEAN, IMAGENET_STD)
+    x, _ = build_transform(cfg3, train=False)(image)
+    expected = (0.5 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(x[:, 0, 0].numpy(), expected, rtol=1e-5)
+    custom = TransformConfig(size=4, mean=(0.5,), std=(0.25,))
+    assert build_transform(custom, train=False)(image)[0].abs().max().item() == pytest.approx(0, abs=1e-6)
+
+
+def test_config_validation():
+    with pytest.raises(ValidationError, match="mean has 1 values for 3 channel"):
+        TransformConfig(channels=3, mean=(0.5,))
+    with pytest.raises(ValidationError):
+        TransformConfig(channels=2)
+    with pytest.raises(ValidationError, match="low <= high"):
+        TransformConfig(scale=(0.9, 0.2))
+    with pytest.raises(ValidationError):
+        TransformConfig(hlfip=0.5)  # typo: unknown key

@@ -307,3 +307,16 @@ def test_export_without_an_encoder_is_an_error(tmp_path):
     torch.save({"model": {"conv1.weight": torch.zeros(3, 3)}}, tmp_path / "cnn.pth")
     with pytest.raises(ValueError, match=r"cnn\.pth: no ViT encoder"):
         export_encoder(tmp_path / "cnn.pth", tmp_path / "out.safetensors")
+
+
+def test_adaptation_errors_name_the_file(tmp_path):
+    enc = _timm_encoder_state(in_chans=3)
+    enc["patch_embed.proj.weight"] = torch.zeros(64, 4, 16, 16)
+    torch.save(enc, tmp_path / "rgba.pth")
+    with pytest.raises(ValueError, match=r"rgba\.pth: cannot convert a patch embedding from 4"):
+        load_encoder_weights(_vit_unet(in_chans=1), tmp_path / "rgba.pth")
+    enc = _timm_encoder_state()
+    enc["pos_embed"] = torch.zeros(1, 20, 64)  # 19 grid tokens: not a square grid
+    torch.save(enc, tmp_path / "odd_grid.pth")
+    with pytest.raises(ValueError, match=r"odd_grid\.pth: pos_embed with 19 grid tokens"):
+        load_encoder_weights(_vit_unet(), tmp_path / "odd_grid.pth")

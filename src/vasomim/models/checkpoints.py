@@ -246,6 +246,25 @@ def adapt_patch_embed(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     raise ValueError(f"cannot convert a patch embedding from {have} to {in_chans} input channels")
 
 
+def _adapt_to(model: nn.Module, matched: dict[str, torch.Tensor],
+              target: Mapping[str, torch.Tensor]) -> list[str]:
+    """Resample ``pos_embed`` and convert ``patch_embed`` channels in place; describe each."""
+    notes = []
+    if "pos_embed" in matched and matched["pos_embed"].shape != target["pos_embed"].shape:
+        grid = tuple(model.encoder.patch_embed.grid_size)
+        prefix = model.encoder.num_prefix_tokens
+        old = math.isqrt(matched["pos_embed"].shape[1] - prefix)
+        matched["pos_embed"] = interpolate_pos_embed(matched["pos_embed"], grid, prefix)
+        notes.append(f"pos_embed: grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic)")
+    key = "patch_embed.proj.weight"
+    if key in matched and matched[key].shape[1] != target[key].shape[1]:
+        have, want = matched[key].shape[1], target[key].shape[1]
+        matched[key] = adapt_patch_embed(matched[key], want)
+        how = "summed" if want < have else "repeated / 3"
+        notes.append(f"{key}: {have} -> {want} input channels ({how})")
+    return notes
+
+
 def load_encoder_weights(
     model: nn.Module, path_or_state: str | Path | Mapping, strict_encoder: bool = True
 ) -> LoadReport:
@@ -286,18 +305,10 @@ def load_encoder_weights(
         )
     report = LoadReport(source=source,
                         unexpected=others + [k for k in encoder if k not in target])
-    if "pos_embed" in matched and matched["pos_embed"].shape != target["pos_embed"].shape:
-        grid = tuple(model.encoder.patch_embed.grid_size)
-        prefix = model.encoder.num_prefix_tokens
-        old = math.isqrt(matched["pos_embed"].shape[1] - prefix)
-        matched["pos_embed"] = interpolate_pos_embed(matched["pos_embed"], grid, prefix)
-        report.adapted.append(f"pos_embed: grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic)")
-    key = "patch_embed.proj.weight"
-    if key in matched and matched[key].shape != target[key].shape:
-        have, want = matched[key].shape[1], target[key].shape[1]
-        matched[key] = adapt_patch_embed(matched[key], want)
-        how = "summed" if want < have else "repeated / 3"
-        report.adapted.append(f"{key}: {have} -> {want} input channels ({how})")
+    try:
+        report.adapted = _adapt_to(model, matched, target)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
     wrong = [f"{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}"
              for k, v in matched.items() if v.shape != target[k].shape]
     if wrong:

@@ -15,6 +15,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("demo", "demo"),
     ("synth", "synth"),
     ("anatomy", "anatomy"),
+    ("train-segmentor", "train_segmentor"),
     ("data", "data"),
 ]
 

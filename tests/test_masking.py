@@ -219,3 +219,10 @@ def test_masked_vessel_share():
     f = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     torch.testing.assert_close(masked_vessel_share(f, mask), torch.tensor([1 / 3, 0.0]))
+
+
+def test_guided_mask_accepts_float64_weights_and_orders_each_group():
+    f = _mixed_batch().double()
+    ids_keep, ids_masked, _, _ = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(2))
+    # visible and masked patches each come in increasing patch order
+    assert torch.all(ids_keep.diff(dim=1) > 0) and torch.all(ids_masked.diff(dim=1) > 0)

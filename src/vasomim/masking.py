@@ -107,29 +107,36 @@ def guided_mask(
         raise ValueError(f"f must be (B, N), got shape {tuple(f.shape)}")
     b, n = f.shape
     n_keep, n_masked, n_guided = mask_counts(n, mask_ratio, beta)
-    kw = dict(device=f.device, generator=generator)
+    f = f.to(torch.float32)
+    device = f.device
 
-    # Guided picks: Gumbel-top-k on log f, i.e. the n_g smallest Exp(1)/f_i.
-    guided = torch.zeros(b, n, dtype=torch.bool, device=f.device)
+    # Guided picks. Efraimidis-Spirakis keys log(u)/f are Gumbel-top-k keys in disguise
+    # (log(u)/f = -E/f with E ~ Exp(1); the largest -E/f are the largest log f - log E), so
+    # the n_g largest form a draw without replacement proportional to f. f = 0 gives -inf; u is
+    # kept away from 0 so that a positive patch always has a finite key.
+    guided = torch.zeros(b, n, dtype=torch.bool, device=device)
     if n_guided > 0:
-        exp_noise = torch.empty(b, n, dtype=torch.float32, device=f.device).exponential_(
-            generator=generator
-        )
-        keys = torch.log(f.to(torch.float32)) - torch.log(exp_noise)  # f = 0 -> -inf
-        top = torch.topk(keys, n_guided, dim=1).indices
-        guided.scatter_(1, top, True)
+        u = torch.rand(b, n, device=device, generator=generator)
+        keys = u.clamp_(min=torch.finfo(u.dtype).tiny).log_().div_(f)
+        guided.scatter_(1, torch.topk(keys, n_guided, dim=1, sorted=False).indices, True)
         guided &= f > 0  # fewer than n_g positive patches: drop the -inf picks
 
-    # Everything else is ordered by a uniform key; guided patches go to the far (masked) end.
-    # Sorting ascending, the first K are kept and the last M masked; since every row has at
-    # most n_g <= M guided patches, they are all masked and the remaining masked slots are a
-    # uniform draw among the unguided patches.
-    score = torch.rand(b, n, **kw).masked_fill_(guided, 2.0)
-    ids_shuffle = torch.argsort(score, dim=1)
-    ids_restore = torch.empty_like(ids_shuffle).scatter_(
-        1, ids_shuffle, torch.arange(n, device=f.device).expand(b, n)
+    # Uniform fill. Guided patches score in [1, 2), the others in [0, 1), so the M largest
+    # scores are all guided patches (at most n_g <= M per row) plus a uniform draw among the
+    # other patches.
+    score = torch.rand(b, n, device=device, generator=generator) + guided
+    masked_idx = torch.topk(score, n_masked, dim=1, sorted=False).indices
+    mask = torch.zeros(b, n, device=device).scatter_(1, masked_idx, 1.0)
+
+    # ids_shuffle = [visible patches, masked patches], each group in increasing patch order.
+    # Its inverse ids_restore follows from c, the running count of masked patches:
+    # a masked patch sits at K - 1 + c, a visible one at (its index) - c.
+    c = mask.cumsum(dim=1)
+    index = torch.arange(n, device=device, dtype=mask.dtype)
+    ids_restore = (index - c).addcmul_(mask, 2 * c + (n_keep - 1) - index).long()
+    ids_shuffle = torch.empty_like(ids_restore).scatter_(
+        1, ids_restore, torch.arange(n, device=device).expand(b, n)
     )
-    mask = (ids_restore >= n_keep).to(torch.float32)
     return ids_shuffle[:, :n_keep], ids_shuffle[:, n_keep:], ids_restore, mask
 
 

@@ -124,12 +124,14 @@ def test_encoder_state_dict_loads_into_timm_vit():
     vit = VisionTransformer(img_size=64, patch_size=16, in_chans=1, embed_dim=64, depth=2,
                             num_heads=4, num_classes=0)
     vit.load_state_dict(enc, strict=True)
-    # same features: timm's class token equals our encoder's with every patch kept
+    # same tokens: timm's features equal our encoder's output with every patch kept
     imgs = torch.randn(2, 1, 64, 64)
     keep_all = torch.arange(16).expand(2, 16)
-    model.eval(), vit.eval()
+    model.eval()
+    vit.eval()
     with torch.no_grad():
-        torch.testing.assert_close(vit.forward_features(imgs), model.forward_encoder(imgs, keep_all))
+        ours = model.forward_encoder(imgs, keep_all)
+        torch.testing.assert_close(vit.forward_features(imgs), ours)
 
 
 def test_encoder_names_match_timm_registry_model():

@@ -4,6 +4,9 @@ Submodules are imported explicitly where they are needed, so that importing one 
 pull in the others:
 
 - `vasomim.models.vit`: ViT size registry and fixed 2-D sin-cos position embeddings.
-- `vasomim.models.mae`: the masked autoencoder (ViT encoder + MAE decoder).
+- `vasomim.models.mae`: the masked autoencoder (ViT encoder + MAE decoder) for pre-training.
 - `vasomim.models.unext`: UNeXt-S, the frozen segmentor of the anatomical consistency loss.
+- `vasomim.models.segmentation`: the ViT encoder with a U-Net-style decoder for fine-tuning.
+- `vasomim.models.unet`: the plain convolutional U-Net baseline.
+- `vasomim.models.checkpoints`: checkpoint conventions, encoder loading and export.
 """

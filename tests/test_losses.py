@@ -12,6 +12,7 @@ from vasomim.losses import (
     freeze,
     pred_to_image,
     reconstruction_loss,
+    segmentor_probs,
     to_unit_range,
     vasomim_loss,
 )
@@ -147,6 +148,19 @@ def test_consistency_loss_is_minimal_for_a_perfect_reconstruction():
     seg = PixelSegmentor()
     perfect = consistency_loss(seg, image01, image01)
     assert consistency_loss(seg, image01.flip(-1), image01) > perfect
+
+
+def test_precomputed_segmentor_probabilities_give_the_same_loss():
+    imgs, pred, mask = _example()
+    seg = PixelSegmentor()
+    kw = dict(norm_pix=False, segmentor=seg, input_mean=MEAN, input_std=STD)
+    probs = segmentor_probs(seg, to_unit_range(imgs, MEAN, STD))
+    assert probs.shape == (2, 1, 4, 4) and not probs.requires_grad
+    plain = vasomim_loss(pred, imgs, mask, P, **kw)
+    given = vasomim_loss(pred, imgs, mask, P, image_probs=probs, **kw)
+    assert given["cons"].item() == pytest.approx(plain["cons"].item(), rel=1e-6)
+    other = vasomim_loss(pred, imgs, mask, P, image_probs=1 - probs, **kw)
+    assert other["cons"].item() != pytest.approx(plain["cons"].item(), rel=1e-3)
 
 
 def test_mae_baseline_skips_the_segmentor():

@@ -108,8 +108,25 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def segmentor_probs(segmentor: nn.Module, image01: torch.Tensor) -> torch.Tensor:
+    """sigmoid(S(I)) without gradient: the soft target of L_cons (and a guidance map).
+
+    Args:
+        segmentor: frozen S.
+        image01: (B, 1 or 3, H, W) images on the [0, 1] scale.
+
+    Returns:
+        (B, 1, H, W) vessel probabilities.
+    """
+    with torch.no_grad():
+        return torch.sigmoid(segmentor(to_segmentor_input(image01)))
+
+
 def consistency_loss(
-    segmentor: nn.Module, recon01: torch.Tensor, image01: torch.Tensor
+    segmentor: nn.Module,
+    recon01: torch.Tensor,
+    image01: torch.Tensor,
+    image_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Anatomical consistency loss (Eq. 4).
 
@@ -117,14 +134,16 @@ def consistency_loss(
         segmentor: frozen S, taking `to_segmentor_input` images and returning logits.
         recon01: (B, 1 or 3, H, W) reconstruction I' on the [0, 1] scale.
         image01: (B, 1 or 3, H, W) original I on the [0, 1] scale.
+        image_probs: sigmoid(S(I)) when the caller already has it (`segmentor_probs`, e.g. for
+            segmentor-guided masking); computed from `image01` otherwise.
 
     Returns:
         scalar BCE-with-logits of S(I') against the soft target sigmoid(S(I)), mean over pixels.
     """
-    with torch.no_grad():
-        target = torch.sigmoid(segmentor(to_segmentor_input(image01)))
+    if image_probs is None:
+        image_probs = segmentor_probs(segmentor, image01)
     logits = segmentor(to_segmentor_input(recon01))
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+    return F.binary_cross_entropy_with_logits(logits.float(), image_probs.detach().float())
 
 
 def vasomim_loss(
@@ -138,6 +157,7 @@ def vasomim_loss(
     input_mean: float | Sequence[float] = 0.0,
     input_std: float | Sequence[float] = 1.0,
     cons_weight: float = 1.0,
+    image_probs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The VasoMIM objective L = L_rec + cons_weight * L_cons (Eq. 5).
 
@@ -152,6 +172,7 @@ def vasomim_loss(
         input_mean: mean of the MAE's input normalisation (scalar or per channel).
         input_std: std of the MAE's input normalisation (scalar or per channel).
         cons_weight: lambda.
+        image_probs: sigmoid(S(I)) if already computed (see `consistency_loss`).
 
     Returns:
         dict with `loss` (to backpropagate), `rec` and `cons` (scalar tensors; `cons` is 0 when
@@ -165,5 +186,5 @@ def vasomim_loss(
         raise ValueError("a segmentor is needed when cons_weight != 0")
     recon01 = to_unit_range(pred_to_image(pred, imgs, patch_size, norm_pix), input_mean, input_std)
     image01 = to_unit_range(imgs, input_mean, input_std)
-    cons = consistency_loss(segmentor, recon01, image01)
+    cons = consistency_loss(segmentor, recon01, image01, image_probs)
     return {"loss": rec + cons_weight * cons, "rec": rec, "cons": cons}

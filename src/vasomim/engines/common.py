@@ -174,7 +174,8 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     """Split trainable parameters into a decayed and a non-decayed optimizer group.
 
     No weight decay on biases, norm weights and other 1-D parameters, nor on position
-    embeddings and class/mask tokens (MAE's rule). Frozen parameters are left out.
+    embeddings and class/mask tokens (names ending in pos_embed, cls_token, mask_token; MAE's
+    rule). Frozen parameters are left out.
 
     Args:
         model: the module to optimise.
@@ -189,7 +190,7 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
         if not param.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if param.ndim <= 1 or name.endswith(".bias") or leaf in NO_DECAY_NAMES:
+        if param.ndim <= 1 or name.endswith(".bias") or leaf.endswith(NO_DECAY_NAMES):
             no_decay.append(param)
         else:
             decay.append(param)

@@ -1,0 +1,144 @@
+"""A tiny cached-stage runner: every stage runs once, keyed by a hash of its config and inputs.
+
+A study is a graph of stages (anatomy -> segmentor -> pre-training arms -> fine-tunes).  Each stage
+has a name, a plain-data config and the stages it depends on.  Its key is the hash of
+``(kind, config, keys of its dependencies)``, so changing anything upstream re-runs everything
+downstream and nothing else.  A finished stage leaves ``<root>/<kind>/<name>-<key>/stage.json``
+holding its outputs (paths, numbers); a re-run finds it and does nothing.  A stage that crashed
+leaves no ``stage.json``: the next run starts it again (engines resume from their own last
+checkpoint inside the same folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vasomim.config import config_hash
+
+
+@dataclass
+class Stage:
+    """One unit of cached work.
+
+    Attributes:
+        kind: the stage type (``anatomy``, ``segmentor``, ``pretrain``, ``finetune``, ...).
+        name: a readable name, unique within its kind.
+        config: plain data that fully determines the work (with the dependencies).
+        run: ``(stage_dir, config, dep_outputs) -> outputs`` (JSON-able dict).
+        deps: stages whose outputs this one reads.
+        cost: a rough cost estimate in CPU-minutes for ``--dry-run``.
+    """
+
+    kind: str
+    name: str
+    config: dict
+    run: Callable[[Path, dict, dict[str, dict]], dict]
+    deps: list["Stage"] = field(default_factory=list)
+    cost: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return config_hash(self.kind, self.config, [d.key for d in self.deps])
+
+    def dir(self, root: Path) -> Path:
+        return root / self.kind / f"{self.name}-{self.key}"
+
+    def outputs(self, root: Path) -> dict | None:
+        """The outputs recorded by a finished run, or ``None``."""
+        marker = self.dir(root) / "stage.json"
+        if not marker.is_file():
+            return None
+        return json.loads(marker.read_text())["outputs"]
+
+
+def topological(stages: list[Stage]) -> list[Stage]:
+    """Every stage and its dependencies, each once, dependencies first (stable order)."""
+    seen: dict[str, Stage] = {}
+
+    def visit(s: Stage) -> None:
+        ident = f"{s.kind}/{s.name}-{s.key}"
+        if ident in seen:
+            return
+        for d in s.deps:
+            visit(d)
+        seen[ident] = s
+
+    for s in stages:
+        visit(s)
+    return list(seen.values())
+
+
+@dataclass
+class RunReport:
+    """What a study run did."""
+
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    outputs: dict[str, dict] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = False, log=None) -> RunReport:
+    """Run what is missing, in dependency order; print one progress line per stage.
+
+    Args:
+        stages: the stages wanted (their dependencies are added).
+        root: the study folder.
+        dry_run: only print the plan (``run`` / ``cached``) and the estimated cost.
+        log: a callable taking one line (default: print to stderr).
+    """
+    root = Path(root)
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    order = topological(stages)
+    report = RunReport()
+    if dry_run:
+        total = 0.0
+        say(f"plan for {root} ({len(order)} stages):")
+        for s in order:
+            done = s.outputs(root) is not None
+            total += 0 if done else s.cost
+            say(f"  {'cached' if done else 'run   '}  {s.kind:<10} {s.name:<24} {s.key}  ~{s.cost:.1f} CPU-min")
+        say(f"estimated cost of what would run: ~{total:.0f} CPU-minutes")
+        return report
+    for i, s in enumerate(order, 1):
+        ident = f"{s.kind}/{s.name}"
+        prefix = f"[{i}/{len(order)}] {ident}"
+        out = s.outputs(root)
+        if out is not None:
+            say(f"{prefix}: cached ({s.dir(root)})")
+            report.cached.append(ident)
+            report.outputs[ident] = out
+            continue
+        say(f"{prefix}: running ...")
+        d = s.dir(root)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps(s.config, indent=2, default=str))
+        t0 = time.perf_counter()
+        dep_out = {f"{dep.kind}/{dep.name}": report.outputs[f"{dep.kind}/{dep.name}"] for dep in s.deps}
+        outputs = s.run(d, s.config, dep_out)
+        dt = time.perf_counter() - t0
+        tmp = d / "stage.json.tmp"
+        tmp.write_text(json.dumps({"kind": s.kind, "name": s.name, "key": s.key, "seconds": round(dt, 1),
+                                   "outputs": outputs}, indent=2, default=str))
+        tmp.replace(d / "stage.json")
+        say(f"{prefix}: done in {dt:.0f} s")
+        report.ran.append(ident)
+        report.outputs[ident] = outputs
+        report.seconds[ident] = dt
+    return report
+
+
+def stage_seconds(stage: Stage, root: Path) -> float | None:
+    """Wall time recorded by a finished stage."""
+    marker = stage.dir(root) / "stage.json"
+    return json.loads(marker.read_text()).get("seconds") if marker.is_file() else None
+
+
+def jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))

@@ -1,0 +1,63 @@
+"""The cached stage runner: a second run does nothing, a new arm runs alone, upstream changes propagate."""
+
+from __future__ import annotations
+
+from vasomim.engines.stages import Stage, run_stages
+
+
+def make(calls, arms=("a",), up_param=1):
+    def up(d, cfg, deps):
+        calls.append("up")
+        (d / "x.txt").write_text(str(cfg["p"]))
+        return {"file": str(d / "x.txt")}
+
+    def arm(d, cfg, deps):
+        calls.append(cfg["arm"])
+        return {"value": cfg["arm"] * 2, "from": deps["up/base"]["file"]}
+
+    base = Stage("up", "base", {"p": up_param}, up, cost=1.0)
+    return [Stage("arm", a, {"arm": a}, arm, deps=[base], cost=2.0) for a in arms]
+
+
+def test_second_run_does_no_work_and_new_arm_runs_alone(tmp_path):
+    calls = []
+    r1 = run_stages(make(calls), tmp_path, log=lambda _: None)
+    assert calls == ["up", "a"] and r1.ran == ["up/base", "arm/a"]
+    r2 = run_stages(make(calls), tmp_path, log=lambda _: None)
+    assert calls == ["up", "a"] and r2.ran == [] and r2.outputs["arm/a"]["value"] == "aa"
+    r3 = run_stages(make(calls, arms=("a", "b")), tmp_path, log=lambda _: None)
+    assert calls == ["up", "a", "b"] and r3.ran == ["arm/b"]
+
+
+def test_upstream_change_reruns_downstream(tmp_path):
+    calls = []
+    run_stages(make(calls), tmp_path, log=lambda _: None)
+    run_stages(make(calls, up_param=2), tmp_path, log=lambda _: None)
+    assert calls == ["up", "a", "up", "a"]
+
+
+def test_crash_leaves_no_marker_and_reruns(tmp_path):
+    calls = []
+
+    def boom(d, cfg, deps):
+        calls.append("boom")
+        raise RuntimeError("killed")
+
+    s = Stage("arm", "x", {"v": 1}, boom)
+    try:
+        run_stages([s], tmp_path, log=lambda _: None)
+    except RuntimeError:
+        pass
+    assert s.outputs(tmp_path) is None
+
+
+def test_dry_run_prints_plan_and_cost(tmp_path):
+    lines = []
+    calls = []
+    run_stages(make(calls), tmp_path, dry_run=True, log=lines.append)
+    assert calls == []
+    assert any("estimated cost" in l and "~3 CPU-minutes" in l for l in lines)
+    run_stages(make(calls), tmp_path, log=lambda _: None)
+    lines.clear()
+    run_stages(make(calls, arms=("a", "b")), tmp_path, dry_run=True, log=lines.append)
+    assert sum("cached" in l for l in lines) == 2 and any("~2 CPU-minutes" in l for l in lines)

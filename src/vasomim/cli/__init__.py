@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("anatomy", "anatomy"),
     ("train-segmentor", "train_segmentor"),
     ("data", "data"),
+    ("analyze", "analyze"),
 ]
 
 

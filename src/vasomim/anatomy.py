@@ -25,7 +25,7 @@ Three interchangeable implementations share the kernels of :func:`_derivative_ke
 fallback) and :func:`_vesselness_torch` (batched, CPU or CUDA).  The tests hold each of them to
 scikit-image and to each other.
 
-Speed: the Gaussian kernels are trimmed where their taps fall below ``1e-7`` of the peak (scikit-image
+Speed: the Gaussian kernels are trimmed where their taps fall below ``1e-6`` of the peak (scikit-image
 uses ``truncate=100`` for ``sigma <= 1``, i.e. 143-tap kernels that are zero past ~10 taps); the
 intermediate passes are shared between Hessian entries; OpenCV's separable filters are ~5x faster
 than SciPy's per pass; the torch path convolves a whole batch at once (for GPUs).
@@ -56,7 +56,7 @@ from scipy import ndimage
 DEFAULT_SIGMAS: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
 DEFAULT_ALPHA = 92.0
 DEFAULT_BORDER = 20
-_TRIM = 1e-7  # taps below this fraction of the kernel's peak are dropped (effect << 1e-6 of the map)
+_TRIM = 1e-6  # taps below this fraction of the kernel's peak are dropped (effect ~1e-6 of the map)
 
 
 @dataclass
@@ -109,12 +109,13 @@ def _derivative_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------
-# NumPy / SciPy path
+# NumPy / SciPy / OpenCV paths
 # ----------------------------------------------------------------------------------------------
 
 
 def _lambda_max(hrr, hrc, hcc):
-    """Closed-form larger eigenvalue of the symmetric 2x2 matrix [[hrr, hrc], [hrc, hcc]]."""
+    """Closed-form larger eigenvalue of the symmetric 2x2 matrix [[hrr, hrc], [hrc, hcc]] (torch path;
+    the NumPy paths use the in-place form of :func:`_accumulate_scale`)."""
     half_trace = 0.5 * (hrr + hcc)
     half_diff = 0.5 * (hrr - hcc)
     return half_trace + (half_diff * half_diff + hrc * hrc) ** 0.5
@@ -136,8 +137,27 @@ def _vesselness_scipy(img: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
         hrr = c(c(c(a, k0, 1), k1, 0), k1, 0)
         hrc = c(c(c(a, k1, 1), k1, 0), k0, 0)
         hcc = c(c(c(b, k1, 1), k0, 0), k0, 0)
-        np.maximum(out, np.float32(sigma * sigma) * np.maximum(_lambda_max(hrr, hrc, hcc), 0), out=out)
+        _accumulate_scale(out, hrr, hrc, hcc, sigma)
     return out
+
+
+def _accumulate_scale(out: np.ndarray, hrr: np.ndarray, hrc: np.ndarray, hcc: np.ndarray, sigma: float) -> None:
+    """``out = max(out, sigma**2 * lambda_max)`` in place, overwriting the three Hessian planes.
+
+    ``lambda_max = (hrr + hcc + sqrt((hrr - hcc)**2 + (2 hrc)**2)) / 2``; ``out`` starts at zero, so
+    the running maximum also applies the ``max(lambda_max, 0)`` clip.  In-place float32 operations
+    on cache-sized planes: this is a quarter of the OpenCV path's time when written naively.
+    """
+    trace = np.add(hrr, hcc)
+    np.subtract(hrr, hcc, out=hrr)
+    np.multiply(hrr, hrr, out=hrr)
+    np.multiply(hrc, np.float32(2.0), out=hrc)
+    np.multiply(hrc, hrc, out=hrc)
+    np.add(hrr, hrc, out=hrr)
+    np.sqrt(hrr, out=hrr)
+    np.add(hrr, trace, out=hrr)
+    np.multiply(hrr, np.float32(0.5 * sigma * sigma), out=hrr)
+    np.maximum(out, hrr, out=out)
 
 
 def _vesselness_opencv(img: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
@@ -158,7 +178,7 @@ def _vesselness_opencv(img: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
         hrr = cv2.sepFilter2D(grad_r, cv2.CV_32F, k0, k1, borderType=border)
         hrc = cv2.sepFilter2D(grad_r, cv2.CV_32F, k1, k0, borderType=border)
         hcc = cv2.sepFilter2D(grad_c, cv2.CV_32F, k1, k0, borderType=border)
-        np.maximum(out, np.float32(sigma * sigma) * np.maximum(_lambda_max(hrr, hrc, hcc), 0), out=out)
+        _accumulate_scale(out, hrr, hrc, hcc, sigma)
     return out
 
 

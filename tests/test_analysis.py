@@ -297,7 +297,9 @@ def test_clustering_analysis_writes_scatter_and_numbers(tmp_path):
     assert_png(out)
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["models"]["w/ L_cons"]["embedding"]["silhouette"] > saved["models"]["w/o L_cons"]["embedding"]["silhouette"]
-    assert saved["scatter"]["method"] in ("umap", "pca")
+    umap_ok = saved["umap_reason"] is None
+    assert saved["scatter"]["method"] == ("umap" if umap_ok else "pca")
+    assert (saved["models"]["w/ L_cons"]["umap"] is not None) == umap_ok
     rows = clustering.scores_rows(result)
     assert rows[0]["SS (×10⁻²) ↑"] == f"{100 * result['models']['w/ L_cons']['embedding']['silhouette']:.2f}"
 

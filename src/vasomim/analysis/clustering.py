@@ -212,6 +212,34 @@ def umap_scores(
     return clustering_scores(xy, labels[keep], seed=seed), None
 
 
+def _project_panels(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], method: str, seed: int, max_points: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """Per panel, a fixed-seed subset projected to 2-D: ``({label: (xy, labels)}, method used)``."""
+    projected, used = {}, "pca"
+    for label, (emb, labels) in panels.items():
+        emb, labels = _check(emb, labels)
+        keep = subsample(len(labels), max_points, seed)
+        xy, used = project_2d(emb[keep], method, seed)
+        projected[label] = (xy, labels[keep])
+    return projected, used
+
+
+def _scatter(projected: Mapping[str, tuple[np.ndarray, np.ndarray]], method: str, out_png: str | os.PathLike) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(projected), figsize=(4.6 * len(projected), 4.4), squeeze=False, constrained_layout=True)
+    for ax, (label, (xy, lab)) in zip(axes[0], projected.items()):
+        size = float(np.clip(4000 / len(lab), 3, 20))  # visible dots for small sets, no blobs for large
+        for value, colour, name in ((0, BACKGROUND_COLOUR, "background-only"), (1, VESSEL_COLOUR, "vessel-containing")):
+            pts = xy[lab == value]
+            ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.5, c=colour, label=f"{name} ({len(pts)})", linewidths=0)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(f"{method.upper()} 1")
+        ax.set_ylabel(f"{method.upper()} 2")
+        ax.legend(fontsize=8, markerscale=3)
+    save_figure(fig, out_png)
+
+
 def plot_embedding_scatter(
     panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
     out_png: str | os.PathLike,
@@ -231,25 +259,9 @@ def plot_embedding_scatter(
     Returns:
         ``{"method": "umap" | "pca", "n_plotted": {label: count}}``.
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False, constrained_layout=True)
-    used, counts = "pca", {}
-    for ax, (label, (emb, labels)) in zip(axes[0], panels.items()):
-        emb, labels = _check(emb, labels)
-        keep = subsample(len(labels), max_points, seed)
-        xy, used = project_2d(emb[keep], method, seed)
-        lab = labels[keep]
-        size = float(np.clip(4000 / len(keep), 3, 20))  # visible dots for small sets, no blobs for large
-        for value, colour, name in ((0, BACKGROUND_COLOUR, "background-only"), (1, VESSEL_COLOUR, "vessel-containing")):
-            pts = xy[lab == value]
-            ax.scatter(pts[:, 0], pts[:, 1], s=size, alpha=0.5, c=colour, label=f"{name} ({len(pts)})", linewidths=0)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel(f"{used.upper()} 1")
-        ax.set_ylabel(f"{used.upper()} 2")
-        ax.legend(fontsize=8, markerscale=3)
-        counts[label] = int(len(keep))
-    save_figure(fig, out_png)
-    result = {"method": used, "n_plotted": counts}
+    projected, used = _project_panels(panels, method, seed, max_points)
+    _scatter(projected, used, out_png)
+    result = {"method": used, "n_plotted": {label: int(len(lab)) for label, (_, lab) in projected.items()}}
     write_json(Path(out_png).with_suffix(".json"), result)
     return result
 
@@ -259,28 +271,35 @@ def clustering_analysis(
     out_png: str | os.PathLike,
     seed: int = 0,
     max_silhouette: int = MAX_SILHOUETTE,
+    max_points: int = MAX_POINTS,
 ) -> dict[str, Any]:
     """Table 4 for one or more models: scores on the embeddings and on UMAP, plus the scatter plot.
+
+    The 2-D projection is computed once per model (UMAP when installed, else PCA) and serves both
+    the UMAP scores and the scatter plot.
 
     Args:
         embeddings: ``{model label: (emb, labels)}`` from :func:`patch_embeddings`.
         out_png: scatter-plot path; all numbers are written beside it as ``.json``.
         seed: seed of every subset and projection.
         max_silhouette: see :func:`clustering_scores`.
+        max_points: points per model in the projection (fixed-seed subset).
 
     Returns:
         ``{"models": {label: {"embedding": scores, "umap": scores | None}}, "umap_reason":
         None | str, "scatter": {"method", "n_plotted"}}``.
     """
-    models, reason = {}, None
-    for label, (emb, labels) in embeddings.items():
-        umap_result, reason = umap_scores(emb, labels, seed=seed)
-        models[label] = {
+    projected, used = _project_panels(embeddings, "auto", seed, max_points)
+    models = {
+        label: {
             "embedding": clustering_scores(emb, labels, max_silhouette, seed),
-            "umap": umap_result,
+            "umap": clustering_scores(*projected[label], seed=seed) if used == "umap" else None,
         }
-    scatter = plot_embedding_scatter(embeddings, out_png, seed=seed)
-    result = {"models": models, "umap_reason": reason, "scatter": scatter}
+        for label, (emb, labels) in embeddings.items()
+    }
+    _scatter(projected, used, out_png)
+    scatter = {"method": used, "n_plotted": {label: int(len(lab)) for label, (_, lab) in projected.items()}}
+    result = {"models": models, "umap_reason": umap_available(), "scatter": scatter}
     write_json(Path(out_png).with_suffix(".json"), result)
     return result
 

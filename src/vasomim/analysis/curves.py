@@ -194,10 +194,10 @@ def plot_sweep(
             pts = sorted((position[e[x_key]], e[f"{m}_mean"], e[f"{m}_std"]) for e in table if e[arm_key] == arm)
             px, mean, std = (np.array(v) for v in zip(*pts))
             ax.errorbar(px, scale * mean, yerr=scale * std, marker="o", capsize=4, lw=1.8, label=str(arm))
-        if not numeric:
-            ax.set_xticks([position[x] for x in xs], [str(x) for x in xs])
+        ax.set_xticks([position[x] for x in xs], [_label(x) for x in xs])
         ax.set_xlabel(x_label)
         ax.set_ylabel(METRIC_NAMES.get(m, m))
+        ax.set_title("mean ± std over seeds", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     if title:

@@ -149,9 +149,10 @@ def load_mae(path: Path, args: argparse.Namespace):
     if "patch_embed.proj.weight" not in state or "decoder_pred.weight" not in state:
         raise ValueError(f"{path}: not an MAE checkpoint (no patch_embed.proj.weight / decoder_pred.weight)")
 
+    data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
     embed_dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
     n_patches = state["pos_embed"].shape[1] - 1
-    img_size = args.img_size or mcfg.get("img_size")
+    img_size = args.img_size or mcfg.get("img_size") or data_cfg.get("img_size")
     if img_size is None:
         side = round(n_patches**0.5)
         if side * side != n_patches:
@@ -184,7 +185,6 @@ def load_mae(path: Path, args: argparse.Namespace):
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the rebuilt MAE ({str(exc).splitlines()[0]})") from None
     model.eval()
-    data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
     default_mean, default_std = (GRAY_MEAN, GRAY_STD) if in_chans == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     mean = tuple(args.mean or data_cfg.get("mean") or default_mean)
     std = tuple(args.std or data_cfg.get("std") or default_std)

@@ -1,0 +1,577 @@
+"""VasoMIM pre-training (stage 3): an MAE with anatomy-guided masking and the consistency loss.
+
+One function, :func:`pretrain`, reads top to bottom like MAE's ``main_pretrain.py`` +
+``engine_pretrain.py``: set-up (processes, data, model, frozen segmentor, optimizer, resume), then
+the epoch loop (lr and beta schedules, masks, loss, accumulation, logging, checkpoints). The MAE
+baseline and every ablation are the same code with other settings (``configs/pretrain/``).
+
+Run folder (``out``, default ``runs/pretrain/<name>``):
+
+``config.json``
+    the configuration as plain data.
+``log.jsonl``
+    one line per epoch: ``epoch`` (epochs done), ``step`` (optimizer steps done), per-epoch means of
+    ``lr``, ``beta``, ``loss``, ``rec``, ``cons`` (``null`` when the consistency loss is off),
+    ``vessel_share_masked`` (share of vessel-containing patches among the masked ones, the paper's
+    Fig. 3a) and ``vessel_share_all`` (among all patches), and ``time`` (seconds for the epoch).
+    Vessel-containing means: at least one anatomy-mask pixel in the patch.
+``checkpoint-last.pth``
+    every ``save_every`` epochs and at the end: ``model`` (MAE state dict), ``optimizer``,
+    ``epoch`` (epochs done), ``step``, ``config``, ``rng`` (Python/NumPy/torch states).
+``checkpoint-final.pth``
+    at the end: ``model``, ``config``, ``epoch``, ``step`` (what fine-tuning loads).
+``tensorboard/``
+    with ``tensorboard: true`` and the package installed.
+
+Every checkpoint is written atomically and loads with ``torch.load(path, weights_only=True)``.
+
+Reproducibility. Every random choice of a training step is a function of the seed and of where
+the step is in the run, never of the process that makes it:
+
+- sample order: ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` with ``set_epoch``,
+  also for a single process (one replica), so a run's global batches do not depend on the
+  number of processes;
+- augmentation (crop, flip): torch's generator is seeded from ``(seed, epoch, sample index)``
+  around each sample (:class:`EpochSeededDataset`), whichever process or DataLoader worker reads it;
+- masks: one generator per epoch, seeded from ``(seed, epoch)`` and the same on every rank. Each
+  rank draws the masks of the whole global micro-batch and keeps its own rows
+  (:func:`draw_masks`), so a sample gets the same mask with 1 or W processes.
+
+Hence a resumed run (from an epoch boundary) continues exactly, and a W-process run follows the
+single-process trajectory at the same global batch, up to the order of float reductions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from itertools import islice
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.utils.data import Dataset
+
+from vasomim.config import StrictModel, config_to_dict
+from vasomim.data.transforms import TransformConfig
+from vasomim.masking import guided_mask, masked_vessel_share, patch_distribution
+
+SEGMENTOR_MULTIPLE = 32  # UNeXt-S downsamples five times
+# per-micro-batch values averaged into the epoch's log record
+LOSS_TERMS = ("loss", "rec", "cons", "vessel_share_masked", "vessel_share_all")
+
+
+class DataConfig(StrictModel):
+    """Unlabelled angiograms and their anatomy masks (written by ``vasomim anatomy``)."""
+
+    images: str | None = Field(None, description="images root that `vasomim anatomy` read")
+    anatomy: str | None = Field(None, description="anatomy folder holding manifest.jsonl")
+    spec: str | None = Field(None, description="YAML data spec of anatomy sources (instead of images/anatomy)")
+    img_size: int = Field(224, ge=16, description="training resolution (square)")
+    crop_scale: tuple[float, float] = Field((0.2, 1.0), description="RandomResizedCrop area range")
+    hflip: float = Field(0.5, ge=0, le=1, description="horizontal flip probability")
+    in_chans: Literal[1, 3] = Field(1, description="1: gray; 3: gray replicated")
+    mean: tuple[float, ...] | None = Field(None, description="input normalisation; None: gray/ImageNet defaults")
+    std: tuple[float, ...] | None = None
+
+    def transform_config(self) -> TransformConfig:
+        """The joint image/anatomy transform settings of these data."""
+        return TransformConfig(size=self.img_size, scale=self.crop_scale, hflip=self.hflip,
+                               channels=self.in_chans, mean=self.mean, std=self.std)
+
+
+class ModelConfig(StrictModel):
+    """The MAE (``vasomim.models.mae.mae_vit``)."""
+
+    size: Literal["tiny", "small", "base", "large"] = "base"
+    embed_dim: int | None = Field(None, description="replaces the size's encoder width")
+    depth: int | None = Field(None, description="replaces the size's encoder depth")
+    num_heads: int | None = Field(None, description="replaces the size's encoder heads")
+    patch_size: int = Field(16, ge=1)
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    norm_pix_loss: bool = Field(
+        False,
+        description="per-patch normalised targets; off by default: the consistency loss then sees a "
+        "reconstruction un-normalised with the original patches' own statistics",
+    )
+
+
+class MaskingConfig(StrictModel):
+    """Anatomy-guided masking (Eqs. 2-3)."""
+
+    mask_ratio: float = Field(0.5, gt=0, lt=1, description="gamma, share of masked patches")
+    beta_0: float = Field(0.0, ge=0, le=1, description="guided share of the masked patches at the start")
+    beta_E: float = Field(0.5, ge=0, le=1, description="guided share at the end")
+    schedule: Literal["epoch", "iteration"] = Field(
+        "epoch", description="beta progress e/E per epoch (the paper) or per iteration")
+    guidance: Literal["anatomy", "segmentor", "mix"] = Field(
+        "anatomy", description="patch weights f from the anatomy masks, from sigmoid(S(I)), or 0.5 each")
+
+
+class ConsistencyConfig(StrictModel):
+    """Anatomical consistency loss (Eq. 4) through the frozen segmentor S."""
+
+    weight: float = Field(1.0, ge=0, description="lambda; 0 turns the loss off (and S is not run)")
+    segmentor: str | None = Field(
+        None, description="UNeXt-S checkpoint: the published state dict or `vasomim train-segmentor` output")
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warm-up and a half-cycle cosine, per iteration."""
+
+    blr: float = Field(1.5e-4, gt=0, description="base lr; lr = blr * effective batch / 256")
+    lr: float | None = Field(None, gt=0, description="absolute lr, replaces the blr rule")
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = Field(40, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    accum_iter: int = Field(1, ge=1, description="micro-batches per optimizer step")
+
+
+class PretrainConfig(StrictModel):
+    """Parameters of ``vasomim pretrain`` (YAML files in ``configs/pretrain/``)."""
+
+    name: str = Field("vasomim", description="run name (config.json; default run folder)")
+    out: str | None = Field(None, description="run folder; None: runs/pretrain/<name>")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    masking: MaskingConfig = MaskingConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    optim: OptimConfig = OptimConfig()
+    epochs: int = Field(800, ge=1)
+    batch_size: int = Field(256, ge=1, description="images per process per micro-batch")
+    workers: int = Field(8, ge=0, description="DataLoader workers per process")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["bf16", "none"] = Field("bf16", description="bf16 autocast on CUDA; CPU runs in fp32")
+    save_every: int = Field(20, ge=1, description="epochs between checkpoint-last.pth writes")
+    tensorboard: bool = False
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "PretrainConfig":
+        size, patch = self.data.img_size, self.model.patch_size
+        if size % patch:
+            raise ValueError(f"data.img_size {size} is not divisible by model.patch_size {patch}")
+        if self.needs_segmentor and size % SEGMENTOR_MULTIPLE:
+            raise ValueError(
+                f"data.img_size {size} must be divisible by {SEGMENTOR_MULTIPLE} for the UNeXt-S segmentor "
+                "(consistency loss or segmentor guidance); use e.g. 128, 224 or 256")
+        self.data.transform_config()  # mean/std against in_chans
+        return self
+
+    @property
+    def needs_segmentor(self) -> bool:
+        """S is run: for the consistency loss or for segmentor/mix guidance."""
+        return self.consistency.weight > 0 or self.masking.guidance != "anatomy"
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder."""
+        return Path(self.out) if self.out else Path("runs") / "pretrain" / self.name
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (NumPy's SeedSequence hashing): distinct tuples, unrelated streams."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochSeededDataset(Dataset):
+    """Sample ``i`` of epoch ``e`` is read with torch's generator seeded from ``(seed, e, i)``.
+
+    ``PretrainDataset`` draws each sample's augmentation from torch's generator of the process
+    that reads it; seeding it here makes crop and flip a function of ``(seed, epoch, index)``
+    alone (the generator is restored afterwards). Set the epoch before iterating the DataLoader;
+    workers must not be persistent, so that they see it.
+
+    Args:
+        dataset: the map-style dataset to wrap.
+        seed: run seed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the streams of `epoch` from now on."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, self.epoch, index))
+            return self.dataset[index]
+
+
+def guidance_weights(
+    guidance: str, anatomy: torch.Tensor, probs: torch.Tensor | None, patch: int
+) -> torch.Tensor:
+    """Patch weights f that guide the masking.
+
+    Args:
+        guidance: ``anatomy`` (Eq. 2 on the anatomy masks), ``segmentor`` (the same on the soft
+            map sigmoid(S(I))) or ``mix`` (the mean of both distributions).
+        anatomy: (B, 1, H, W) anatomy masks.
+        probs: (B, 1, H, W) sigmoid(S(I)); needed unless ``guidance == "anatomy"``.
+        patch: patch side.
+
+    Returns:
+        (B, N) weights (rows sum to 1, or 0 for an image without vessels).
+    """
+    if guidance == "anatomy":
+        return patch_distribution(anatomy, patch)
+    f_seg = patch_distribution(probs, patch)
+    if guidance == "segmentor":
+        return f_seg
+    return 0.5 * (patch_distribution(anatomy, patch) + f_seg)
+
+
+def draw_masks(
+    f: torch.Tensor, mask_ratio: float, beta: float, generator: torch.Generator, rank: int = 0, world_size: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masks for this rank's part of the global micro-batch, drawn as for the whole global batch.
+
+    A DistributedSampler deals samples round-robin, so local sample j of rank r is row
+    ``j * world_size + r`` of the global micro-batch. ``guided_mask`` treats rows independently
+    (row k's draw depends on f's row k and the generator's state only), so each rank draws for a
+    (world_size * B, N) weight matrix that holds its own rows and keeps them: a sample gets the
+    same mask whatever the number of processes. The generator must be in the same state on
+    every rank.
+
+    Args:
+        f: (B, N) this rank's patch weights.
+        mask_ratio: gamma.
+        beta: share of guided patches.
+        generator: the epoch's masking generator, on f's device.
+        rank: this process's rank.
+        world_size: number of processes.
+
+    Returns:
+        ids_keep (B, K), ids_restore (B, N), mask (B, N) for this rank's samples.
+    """
+    b, n = f.shape
+    rows = torch.arange(b, device=f.device) * world_size + rank
+    f_global = f.new_zeros(b * world_size, n).index_copy_(0, rows, f)
+    ids_keep, _, ids_restore, mask = guided_mask(f_global, mask_ratio, beta, generator)
+    return ids_keep[rows], ids_restore[rows], mask[rows]
+
+
+def forward_losses(
+    model: nn.Module,
+    segmentor: nn.Module | None,
+    imgs: torch.Tensor,
+    anatomy: torch.Tensor,
+    cfg: PretrainConfig,
+    beta: float,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, torch.Tensor]:
+    """One micro-batch: guidance weights, masks, MAE forward and the VasoMIM loss.
+
+    Args:
+        model: the MAE (or its DDP wrapper).
+        segmentor: frozen S, or None when ``cfg.needs_segmentor`` is false.
+        imgs: (B, C, H, W) normalised images.
+        anatomy: (B, 1, H, W) anatomy masks.
+        cfg: the run configuration (patch, masking, loss and normalisation settings).
+        beta: current share of guided patches.
+        generator: the masking generator (see :func:`draw_masks`).
+        rank: this process's rank.
+        world_size: number of processes.
+
+    Returns:
+        ``loss``, ``rec``, ``cons`` (scalar tensors, ``loss`` with a graph) and the detached
+        per-batch means ``vessel_share_masked`` and ``vessel_share_all`` (measured on the anatomy).
+    """
+    from vasomim.losses import segmentor_probs, to_unit_range, vasomim_loss
+
+    patch = cfg.model.patch_size
+    mean, std = cfg.data.transform_config().stats()
+    probs = None
+    if cfg.masking.guidance != "anatomy":
+        probs = segmentor_probs(segmentor, to_unit_range(imgs, mean, std))
+    f = guidance_weights(cfg.masking.guidance, anatomy, probs, patch)
+    ids_keep, ids_restore, mask = draw_masks(f, cfg.masking.mask_ratio, beta, generator, rank, world_size)
+    pred = model(imgs, ids_keep, ids_restore)
+    out = vasomim_loss(
+        pred, imgs, mask, patch, norm_pix=cfg.model.norm_pix_loss,
+        segmentor=segmentor if cfg.consistency.weight > 0 else None,
+        input_mean=mean, input_std=std, cons_weight=cfg.consistency.weight, image_probs=probs,
+    )
+    f_anatomy = f if cfg.masking.guidance == "anatomy" else patch_distribution(anatomy, patch)
+    out["vessel_share_masked"] = masked_vessel_share(f_anatomy, mask).mean()
+    out["vessel_share_all"] = (f_anatomy > 0).float().mean()
+    return out
+
+
+def build_model(cfg: PretrainConfig) -> nn.Module:
+    """The MAE of ``cfg.model`` for ``cfg.data``'s size and channels."""
+    from vasomim.models.mae import mae_vit
+
+    m = cfg.model
+    overrides = {k: v for k, v in dict(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads).items()
+                 if v is not None}
+    return mae_vit(m.size, img_size=cfg.data.img_size, in_chans=cfg.data.in_chans, patch_size=m.patch_size,
+                   decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
+                   decoder_num_heads=m.decoder_num_heads, norm_pix_loss=m.norm_pix_loss, **overrides)
+
+
+def load_frozen_segmentor(cfg: PretrainConfig, device: torch.device) -> nn.Module | None:
+    """The frozen UNeXt-S of ``cfg.consistency.segmentor``, or None when no part of the run needs it."""
+    from vasomim.engines.segmentor import load_segmentor
+    from vasomim.losses import freeze
+
+    if not cfg.needs_segmentor:
+        return None
+    path = cfg.consistency.segmentor
+    if path is None:
+        raise ValueError(
+            "consistency.segmentor: a UNeXt-S checkpoint is required when consistency.weight > 0 or "
+            "masking.guidance is segmentor/mix (train one with `vasomim train-segmentor`)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"consistency.segmentor: {path}: no such file")
+    return freeze(load_segmentor(path, device))
+
+
+def pretrain_items(cfg: DataConfig) -> list:
+    """The items (image + anatomy mask) of ``cfg``: ``images`` + ``anatomy``, or ``spec``."""
+    from vasomim.data.sources import AnatomySource, load_source
+
+    if cfg.spec is not None:
+        if cfg.images or cfg.anatomy:
+            raise ValueError("data: give either data.spec or data.images + data.anatomy, not both")
+        source = load_source(cfg.spec)
+    elif cfg.images and cfg.anatomy:
+        source = AnatomySource(cfg.images, cfg.anatomy)
+    else:
+        raise ValueError("data: give data.images and data.anatomy (the folders `vasomim anatomy` read and "
+                         "wrote), or data.spec")
+    for problem in source.problems:
+        print(f"[pretrain] warning: {problem}", file=sys.stderr)
+    if not source.items:
+        raise ValueError(f"data: no usable images in {source.describe()}")
+    return source.items
+
+
+def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    keys = sorted(set(old) | set(new))
+    changes = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            changes.append(f"{prefix}{k}")
+    return changes
+
+
+def _truncate_log(path: Path, epochs_done: int) -> None:
+    """Keep the log lines of epochs up to `epochs_done` (a resumed run redoes the later ones)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) <= epochs_done:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line torn by the interruption
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Pre-train a VasoMIM (or MAE) model; see the module doc for outputs and reproducibility.
+
+    Under torchrun every process calls this; rank 0 logs and writes files.
+
+    Args:
+        cfg: the run configuration.
+        resume: continue from ``<run_dir>/checkpoint-last.pth`` when it exists (model, optimizer,
+            epoch, RNG; the schedules, sample order, augmentations and masks follow).
+        progress: show a tqdm bar per epoch (rank 0).
+
+    Returns:
+        ``run_dir``, ``checkpoint`` (final), ``epochs``, ``start_epoch``, ``steps``, ``world_size``,
+        ``effective_batch_size``, ``lr``, ``last`` (the last epoch's log record, None if no epoch
+        ran) and ``wall_time_s``.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler
+    from tqdm import tqdm
+
+    from vasomim.data.datasets import PretrainDataset
+    from vasomim.data.transforms import build_transform
+    from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr,
+                                        init_distributed, param_groups_weight_decay, reduce_mean, rng_state,
+                                        seed_everything, set_rng_state)
+    from vasomim.masking import beta_at
+
+    t_start = time.perf_counter()
+    dist = init_distributed(None if cfg.device == "auto" else cfg.device)
+    writer = log = None
+    try:
+        device, rank, world = dist.device, dist.rank, dist.world_size
+        run_dir = cfg.run_dir
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+        segmentor = load_frozen_segmentor(cfg, device)  # first: fail fast on a missing checkpoint
+
+        # -- data: every rank sees its round-robin share of the same global batches
+        dataset = EpochSeededDataset(
+            PretrainDataset(pretrain_items(cfg.data), build_transform(cfg.data.transform_config(), train=True)),
+            cfg.seed)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                            pin_memory=device.type == "cuda", drop_last=True)
+        accum = cfg.optim.accum_iter
+        steps_per_epoch = len(loader) // accum
+        iters_per_epoch = steps_per_epoch * accum  # a last incomplete accumulation is skipped
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"data: {len(dataset)} images give no optimizer step per epoch at batch_size {cfg.batch_size} x "
+                f"{world} process(es) x accum_iter {accum}; lower batch_size or accum_iter")
+
+        # -- model and optimizer
+        seed_everything(cfg.seed)  # the same initial weights on every rank and for every arm
+        model = build_model(cfg).to(device)
+        eff_batch = cfg.batch_size * accum * world
+        lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff_batch / 256
+        optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.optim.weight_decay), lr=lr,
+                                      betas=cfg.optim.betas)
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if dist.distributed else model
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                  enabled=device.type == "cuda" and cfg.amp == "bf16")
+
+        # -- resume
+        plain_cfg = config_to_dict(cfg)
+        start_epoch, step = 0, 0
+        last_path = run_dir / "checkpoint-last.pth"
+        if resume and last_path.is_file():
+            ck = torch.load(last_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            start_epoch, step = ck["epoch"], ck["step"]
+            set_rng_state(ck["rng"])
+            if dist.is_main:
+                changed = _config_changes(ck["config"], plain_cfg)
+                if changed:
+                    print(f"[pretrain] warning: resuming with settings changed since the checkpoint: "
+                          f"{', '.join(changed)}", file=sys.stderr)
+                print(f"[pretrain] resumed from {last_path} at epoch {start_epoch}", file=sys.stderr)
+        elif resume and dist.is_main:
+            print(f"[pretrain] no {last_path}; starting from scratch", file=sys.stderr)
+
+        if dist.is_main:
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"[pretrain] {cfg.name}: ViT-{cfg.model.size} MAE ({n_params / 1e6:.1f}M trainable parameters), "
+                  f"{len(dataset)} images, {world} process(es) on {device.type}, effective batch {eff_batch}, "
+                  f"lr {lr:.3g}, {steps_per_epoch} steps/epoch, segmentor {'on' if segmentor else 'off'}",
+                  file=sys.stderr)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(plain_cfg, indent=2), encoding="utf-8")
+            _truncate_log(run_dir / "log.jsonl", start_epoch)
+            log = JsonlLogger(run_dir / "log.jsonl")
+            if cfg.tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    print("[pretrain] tensorboard is not installed; TensorBoard logging skipped "
+                          "(pip install tensorboard)", file=sys.stderr)
+                else:
+                    writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+        def save_last(epochs_done: int) -> None:
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "epoch": epochs_done, "step": step, "config": plain_cfg, "rng": rng_state()},
+                              last_path)
+
+        # -- training
+        record = None
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            mask_gen = torch.Generator(device).manual_seed(mix_seed(cfg.seed, epoch))
+            ddp_model.train()
+            sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)  # summed on device, no sync
+            lr_sum = beta_sum = 0.0
+            bar = tqdm(islice(loader, iters_per_epoch), total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="it", disable=not (progress and dist.is_main), file=sys.stderr)
+            for it, batch in enumerate(bar):
+                fractional_epoch = epoch + it / iters_per_epoch  # schedules per iteration, as MAE
+                if it % accum == 0:
+                    lr_now = cosine_lr(fractional_epoch, cfg.epochs, cfg.optim.warmup_epochs, lr, cfg.optim.min_lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_now
+                beta_progress = epoch if cfg.masking.schedule == "epoch" else fractional_epoch
+                beta = beta_at(beta_progress / cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
+
+                imgs = batch["image"].to(device, non_blocking=True)
+                anatomy = batch["anatomy"].to(device, non_blocking=True)
+                update = (it + 1) % accum == 0
+                # gradients are all-reduced on the last micro-batch of an accumulation only
+                sync = nullcontext() if update or not dist.distributed else ddp_model.no_sync()
+                with sync:
+                    with autocast:
+                        out = forward_losses(ddp_model, segmentor, imgs, anatomy, cfg, beta, mask_gen, rank, world)
+                    (out["loss"] / accum).backward()
+                if update:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+
+                loss_value = out["loss"].item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1}, iteration {it}; stopping")
+                sums += torch.stack([out[k].detach().double() for k in LOSS_TERMS])
+                lr_sum += lr_now
+                beta_sum += beta
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}", beta=f"{beta:.3f}")
+
+            means = dict(zip(LOSS_TERMS, (reduce_mean(sums) / iters_per_epoch).tolist()))
+            record = {"epoch": epoch + 1, "step": step, "lr": lr_sum / iters_per_epoch,
+                      "beta": beta_sum / iters_per_epoch, "loss": means["loss"], "rec": means["rec"],
+                      "cons": means["cons"] if cfg.consistency.weight > 0 else None,
+                      "vessel_share_masked": means["vessel_share_masked"],
+                      "vessel_share_all": means["vessel_share_all"],
+                      "time": round(time.perf_counter() - t_epoch, 3)}
+            if dist.is_main:
+                log.log(record)  # before the checkpoint: a crash in between redoes (and re-logs) this epoch
+                if writer is not None:
+                    for key, value in record.items():
+                        if key not in ("epoch", "step") and value is not None:
+                            writer.add_scalar(f"pretrain/{key}", value, epoch + 1)
+                if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+                    save_last(epoch + 1)
+
+        final_path = run_dir / "checkpoint-final.pth"
+        if dist.is_main:
+            atomic_torch_save({"model": model.state_dict(), "config": plain_cfg, "epoch": cfg.epochs, "step": step},
+                              final_path)
+        return {"run_dir": str(run_dir), "checkpoint": str(final_path), "epochs": cfg.epochs,
+                "start_epoch": start_epoch, "steps": step, "world_size": world, "effective_batch_size": eff_batch,
+                "lr": lr, "last": record, "wall_time_s": round(time.perf_counter() - t_start, 1)}
+    finally:
+        if log is not None:
+            log.close()
+        if writer is not None:
+            writer.close()
+        cleanup_distributed()

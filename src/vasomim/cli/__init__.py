@@ -16,6 +16,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("synth", "synth"),
     ("anatomy", "anatomy"),
     ("train-segmentor", "train_segmentor"),
+    ("pretrain", "pretrain"),
     ("data", "data"),
     ("analyze", "analyze"),
 ]

@@ -1,0 +1,255 @@
+"""Scoring segmentations: per-image DSC and clDice at the original resolution, CSV, JSON, table.
+
+Two ways in, one report out:
+
+* :func:`evaluate_folders` scores a folder of predicted masks (any tool's 0/255 or 0/1 PNGs, the
+  anatomy masks of ``vasomim anatomy`` for the Frangi/Sato baseline) against a folder of reference
+  masks. Files are matched by relative path and stem (``a/x.png`` with ``a/x.<any image
+  suffix>``). A reference without a prediction, an unreadable file or a size mismatch is a named
+  failure; the other images are scored.
+* :func:`evaluate_checkpoint` predicts a labelled data source with a fine-tuned checkpoint
+  (:mod:`vasomim.engines.predict`) and scores it.
+
+Both give a list of per-image rows (``image, dice, cldice, tprec, tsens``) and failures;
+:func:`write_report` writes ``per_image.csv`` and ``summary.json`` (mean and sample std over the
+images, :func:`vasomim.metrics.summarize`) and :func:`format_table` prints them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+from vasomim.data.sources import Item, scan_files
+from vasomim.metrics import binarize, evaluate_pair, summarize
+
+__all__ = [
+    "METRICS",
+    "EvalResult",
+    "csv_text",
+    "evaluate_checkpoint",
+    "evaluate_folders",
+    "format_table",
+    "score_items",
+    "summarize_rows",
+    "write_atomic",
+    "write_report",
+]
+
+#: Per-image score columns, in CSV order.
+METRICS = ("dice", "cldice", "tprec", "tsens")
+LABELS = {"dice": "DSC", "cldice": "clDice", "tprec": "Tprec", "tsens": "Tsens"}
+
+
+@dataclass
+class EvalResult:
+    """Per-image scores and the failures of one evaluation.
+
+    Attributes
+    ----------
+    rows:
+        One dict per scored image: ``image`` (relative name or item id) and the :data:`METRICS`.
+    failures:
+        One line per image that could not be scored, naming the file and the reason.
+    """
+
+    rows: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never a half file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _stem_index(root: Path) -> dict[str, str]:
+    """Relative stem -> relative file name of the image files under ``root`` (first by name wins)."""
+    index: dict[str, str] = {}
+    for rel in scan_files(root, IMAGE_SUFFIXES):
+        index.setdefault(os.path.splitext(rel)[0], rel)
+    return index
+
+
+def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> EvalResult:
+    """Score every reference mask under ``gt_dir`` against its prediction under ``pred_dir``.
+
+    Parameters
+    ----------
+    pred_dir:
+        Folder of predicted binary masks (searched recursively; files that match no reference,
+        such as a ``manifest.jsonl``, are ignored).
+    gt_dir:
+        Folder of reference masks (searched recursively).
+
+    Returns
+    -------
+    :class:`EvalResult`, rows in the order of the reference files. Masks are read with
+    :func:`vasomim.data.io.read_mask` (0/255 at ``>= 128``, 0/1, 1-bit).
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for d in (pred_dir, gt_dir):
+        if not d.is_dir():
+            raise NotADirectoryError(f"{d}: not a directory")
+    preds = _stem_index(pred_dir)
+    result = EvalResult()
+    gts = scan_files(gt_dir, IMAGE_SUFFIXES)
+    if not gts:
+        raise ValueError(f"{gt_dir}: no reference masks found ({', '.join(IMAGE_SUFFIXES)})")
+    for rel in gts:
+        stem = os.path.splitext(rel)[0]
+        if stem not in preds:
+            result.failures.append(f"{pred_dir / stem}.*: no prediction for reference {gt_dir / rel}")
+            continue
+        try:
+            gt = read_mask(gt_dir / rel)
+            pred = read_mask(pred_dir / preds[stem])
+        except ImageReadError as exc:
+            result.failures.append(str(exc))
+            continue
+        if pred.shape != gt.shape:
+            result.failures.append(
+                f"{pred_dir / preds[stem]}: prediction size {pred.shape[1]}x{pred.shape[0]} differs "
+                f"from reference {gt_dir / rel} {gt.shape[1]}x{gt.shape[0]}"
+            )
+            continue
+        result.rows.append({"image": rel, **evaluate_pair(pred, gt)})
+    return result
+
+
+def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, device="cpu",
+                workers: int = 0, threshold: float = 0.5, progress: bool = False,
+                desc: str = "evaluate") -> EvalResult:
+    """Predict labelled items with ``model`` and score each at its original resolution.
+
+    Parameters
+    ----------
+    model:
+        Segmentation network (one logit per pixel).
+    items:
+        Items with masks.
+    spec:
+        The network's input convention, :func:`vasomim.engines.predict.input_spec`.
+    batch_size, device, workers, progress, desc:
+        See :func:`vasomim.engines.predict.iter_predictions`.
+    threshold:
+        Probability at or above which a pixel is vessel.
+    """
+    from vasomim.engines.predict import iter_predictions
+
+    result = EvalResult()
+    for pred in iter_predictions(model, items, spec, batch_size, device, workers, with_masks=True,
+                                 progress=progress, desc=desc):
+        if pred.error is not None:
+            result.failures.append(pred.error)
+        else:
+            result.rows.append({"image": pred.item.id,
+                                **evaluate_pair(binarize(pred.prob, threshold), pred.mask)})
+    return result
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data, batch_size: int = 8,
+                        device: str = "auto", workers: int = 0, threshold: float = 0.5,
+                        progress: bool = True) -> EvalResult:
+    """Predict a labelled data source with a fine-tuned checkpoint and score every image.
+
+    Parameters
+    ----------
+    checkpoint:
+        ``best.pth`` / ``last.pth`` written by ``vasomim finetune``.
+    data:
+        A data folder or YAML spec (anything :func:`vasomim.data.sources.load_source` takes);
+        its items need masks.
+    batch_size, device, workers, threshold, progress:
+        See :func:`score_items`; ``device="auto"`` picks CUDA when available.
+    """
+    from vasomim.data.sources import load_source
+    from vasomim.engines.finetune import build_model_from_checkpoint
+    from vasomim.engines.predict import resolve_device
+
+    dev = resolve_device(device)
+    model, config = build_model_from_checkpoint(checkpoint)
+    source = load_source(data)
+    labelled = [it for it in source.items if it.has_mask]
+    if not labelled:
+        raise ValueError(f"{data}: no images with masks to evaluate against")
+    result = score_items(model.to(dev), labelled, config["input"], batch_size, dev, workers,
+                         threshold, progress)
+    result.failures += [f"{it.image_ref}: no reference mask" for it in source.items
+                        if not it.has_mask]
+    return result
+
+
+def summarize_rows(rows: Iterable[dict], metrics: Sequence[str] = METRICS) -> dict[str, dict]:
+    """``{metric: {"mean", "std"}}`` over rows (sample std, :func:`vasomim.metrics.summarize`)."""
+    rows = list(rows)
+    out = {}
+    for m in metrics:
+        mean, std = summarize([r[m] for r in rows])
+        out[m] = {"mean": mean, "std": std}
+    return out
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` with ``columns`` (floats with 6 decimals), header first."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({c: (f"{r[c]:.6f}" if isinstance(r[c], float) else r[c]) for c in columns})
+    return buf.getvalue()
+
+
+def write_report(result: EvalResult, out: str | os.PathLike, extra: dict | None = None) -> dict:
+    """Write ``per_image.csv`` and ``summary.json`` into ``out``; return the summary.
+
+    Parameters
+    ----------
+    result:
+        What :func:`evaluate_folders` / :func:`evaluate_checkpoint` returned.
+    out:
+        Output folder (created).
+    extra:
+        More plain data for ``summary.json`` (e.g. which folders or checkpoint were scored).
+
+    Returns
+    -------
+    ``{"n_images", "n_failed", "failures", "metrics": {m: {"mean", "std"}}, ...extra}``; the
+    spread is over images. ``metrics`` is empty when no image was scored.
+    """
+    out = Path(out)
+    summary = {"n_images": len(result.rows), "n_failed": len(result.failures),
+               "failures": list(result.failures),
+               "metrics": summarize_rows(result.rows) if result.rows else {},
+               "std_over": "images", **(extra or {})}
+    write_atomic(out / "per_image.csv", csv_text(result.rows, ("image", *METRICS)))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_table(metrics: dict[str, dict], title: str = "", n_label: str = "") -> str:
+    """A plain-text table of ``{metric: {"mean", "std"}}`` in percent, ``mean ± std`` per row.
+
+    Parameters
+    ----------
+    metrics:
+        As in ``summary["metrics"]``.
+    title:
+        First line (omitted when empty).
+    n_label:
+        What the spread is over, e.g. ``"40 images"``, shown in the header.
+    """
+    lines = [title] if title else []
+    lines.append(f"{'metric':<8} {'mean ± std (%)':>16}" + (f"   over {n_label}" if n_label else ""))
+    for m, v in metrics.items():
+        lines.append(f"{LABELS.get(m, m):<8} {100 * v['mean']:>7.2f} ± {100 * v['std']:<6.2f}")
+    return "\n".join(lines)

@@ -19,6 +19,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("pretrain", "pretrain"),
     ("data", "data"),
     ("analyze", "analyze"),
+    ("finetune", "finetune"),
+    ("evaluate", "evaluate"),
+    ("predict", "predict"),
+    ("export", "export"),
 ]
 
 

@@ -1,0 +1,226 @@
+"""finetune: splits, label subsets, the loss, a tiny run that learns, k-fold reports, resume, init."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from vasomim.cli import main
+from vasomim.data.io import write_png_atomic
+from vasomim.data.synthetic import synthesize, write_dataset
+from vasomim.engines.finetune import (
+    FinetuneConfig,
+    build_model_from_checkpoint,
+    build_network,
+    dice_bce_loss,
+    finetune,
+    initialize,
+    kfold_splits,
+    network_spec,
+    subsample,
+)
+from vasomim.metrics import summarize
+
+TINY = dict(embed_dim=64, depth=2, num_heads=2, decoder_channels=(32, 16, 16, 8, 8), img_size=64,
+            device="cpu", workers=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft") / "data"
+    write_dataset(root, count=10, size=64, seed=0, progress=False)
+    return root
+
+
+def _log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_kfold_validates_every_item_exactly_once():
+    for n, k in ((10, 3), (40, 5), (7, 7)):
+        splits = kfold_splits(n, k, seed=4)
+        assert splits == kfold_splits(n, k, seed=4)
+        val = [i for _, v in splits for i in v]
+        assert sorted(val) == list(range(n))
+        for train, v in splits:
+            assert sorted(train + v) == list(range(n)) and not set(train) & set(v)
+        assert max(len(v) for _, v in splits) - min(len(v) for _, v in splits) <= 1
+    assert kfold_splits(10, 3, seed=1) != kfold_splits(10, 3, seed=2)
+    (train, val), = kfold_splits(10, 1, seed=0, val_fraction=0.2)
+    assert len(val) == 2 and len(train) == 8
+    with pytest.raises(ValueError, match="at least 5 labelled images"):
+        kfold_splits(4, 5)
+
+
+def test_label_fraction_subsets_are_deterministic_and_nested():
+    idx = list(range(100, 132))
+    quarter, half = subsample(idx, 0.25, [0, 1]), subsample(idx, 0.5, [0, 1])
+    assert quarter == subsample(idx, 0.25, [0, 1]) and len(quarter) == 8 and len(half) == 16
+    assert set(quarter) <= set(half) <= set(idx)
+    assert quarter != subsample(idx, 0.25, [0, 2])
+    assert subsample(idx, 1.0, 0) == idx and len(subsample(idx[:3], 0.1, 0)) == 1
+
+
+def test_dice_bce_loss_by_hand():
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 0.5]]]])
+    target = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    p = 1 / (1 + np.exp(-np.array([0.0, 2.0, -1.0, 0.5])))
+    t = np.array([0.0, 1.0, 0.0, 1.0])
+    bce = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
+    dice = (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    assert dice_bce_loss(logits, target).item() == pytest.approx(bce + 1 - dice, rel=1e-5)
+    assert dice_bce_loss(logits, target, 0.5, 2.0).item() == pytest.approx(0.5 * bce + 2 * (1 - dice), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_tiny_finetune_beats_the_untrained_model(data, tmp_path):
+    cfg = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), epochs=20, batch_size=4, lr=3e-3,
+                         val_every=5, folds=1, val_fraction=0.2, **TINY)
+    summary = finetune(cfg, progress=False)
+    log = _log(tmp_path / "run" / "seed0" / "fold0")
+    untrained = next(r["val_dice"] for r in log if r.get("epoch") == 0)
+    best = max(r["val_dice"] for r in log if r.get("epoch", 0) > 0 and "val_dice" in r)
+    assert best > untrained + 0.15, (untrained, best)
+    run = summary["runs"][0]
+    assert run["best_val_dice"] == pytest.approx(best) and run["dice"] == pytest.approx(best)
+    ckpt = torch.load(tmp_path / "run" / "seed0" / "fold0" / "best.pth", weights_only=True)
+    assert ckpt["best_metric"] == pytest.approx(best) and ckpt["epoch"] == run["best_epoch"]
+    model, config = build_model_from_checkpoint(tmp_path / "run" / "seed0" / "fold0" / "best.pth")
+    assert config["network"]["embed_dim"] == 64 and config["input"]["size"] == 64
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_kfold_report_covers_every_image_once(data, tmp_path, capsys):
+    rc = main(["finetune", "--data", str(data), "--out", str(tmp_path / "cv"), "--folds", "3", "--seeds", "0,1",
+               "--quiet", "epochs=1", "batch_size=4", "embed_dim=64", "depth=2", "num_heads=2", "img_size=64",
+               "decoder_channels=[32,16,16,8,8]", "device=cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "DSC" in out and "over 6 runs (folds x seeds)" in out
+    with open(tmp_path / "cv" / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for seed in ("0", "1"):
+        images = sorted(r["image"] for r in rows if r["seed"] == seed)
+        assert images == [f"synth_{i:04d}.png" for i in range(10)]
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert summary["n_runs"] == 6
+    per_run = [np.mean([float(r["dice"]) for r in rows if (r["seed"], r["fold"]) == (s, f)])
+               for s in ("0", "1") for f in ("0", "1", "2")]
+    mean, std = summarize(per_run)
+    assert summary["metrics"]["dice"]["mean"] == pytest.approx(mean, abs=1e-6)
+    assert summary["metrics"]["dice"]["std"] == pytest.approx(std, abs=1e-6)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp_path, capsys):
+    base = dict(data=str(data), epochs=3, batch_size=4, lr=3e-3, val_every=2, folds=1, **TINY)
+    finetune(FinetuneConfig(out=str(tmp_path / "full"), **base), progress=False)
+    cut = FinetuneConfig(out=str(tmp_path / "cut"), **base)
+    assert finetune(cut, progress=False, stop_after=1) is None
+    assert torch.load(tmp_path / "cut" / "seed0" / "fold0" / "last.pth", weights_only=True)["epoch"] == 1
+    with pytest.raises(ValueError, match="holds a previous run"):
+        finetune(cut, progress=False)
+    with pytest.raises(ValueError, match="config differs in lr"):
+        finetune(cut.model_copy(update={"lr": 1e-3}), resume=True, progress=False)
+    finetune(cut, resume=True, progress=False)
+    for name in ("last.pth", "best.pth"):
+        a = torch.load(tmp_path / "full" / "seed0" / "fold0" / name, weights_only=True)
+        b = torch.load(tmp_path / "cut" / "seed0" / "fold0" / name, weights_only=True)
+        assert a["epoch"] == b["epoch"]
+        for key, value in a["model"].items():
+            torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=f"{name} {key}")
+    epochs = [r["epoch"] for r in _log(tmp_path / "cut" / "seed0" / "fold0") if "epoch" in r]
+    assert epochs == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def test_init_from_an_mae_checkpoint_loads_the_encoder_only(tmp_path):
+    cfg = FinetuneConfig(data="unused", **TINY)
+    vit = VisionTransformer(img_size=224, patch_size=16, in_chans=3, num_classes=0, global_pool="",
+                            embed_dim=64, depth=2, num_heads=2)
+    gen = torch.Generator().manual_seed(1)
+    enc = {k: torch.randn(v.shape, generator=gen) for k, v in vit.state_dict().items()}
+    mae = {**enc, "mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.zeros(32, 64),
+           "decoder_pred.weight": torch.zeros(768, 32)}
+    torch.save({"model": mae}, tmp_path / "mae.pth")
+    torch.manual_seed(0)
+    model = build_network(network_spec(cfg))
+    decoder_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    notes = initialize(model, str(tmp_path / "mae.pth"), "vit_unet")
+    assert "encoder" in notes[0] and "pos_embed: grid 14x14 -> 4x4" in notes[0] and len(notes) == 1
+    state = model.state_dict()
+    torch.testing.assert_close(state["encoder.blocks.1.mlp.fc2.weight"], enc["blocks.1.mlp.fc2.weight"])
+    torch.testing.assert_close(state["encoder.patch_embed.proj.weight"],
+                               enc["patch_embed.proj.weight"].sum(1, keepdim=True))
+    for k, v in decoder_before.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+
+
+def _anatomy_source(root, n=6):
+    """Images + anatomy masks + manifest, as `vasomim anatomy` writes them."""
+    lines = []
+    for i in range(n):
+        image, mask = synthesize(50 + i, size=64)
+        write_png_atomic(root / "images" / f"u{i}.png", image)
+        write_png_atomic(root / "anatomy" / f"u{i}.png", mask)
+        lines.append(json.dumps({"file": f"u{i}.png", "status": "ok", "mask": f"u{i}.png"}))
+    (root / "anatomy" / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_spt_pseudo_label_checkpoint_initialises_the_whole_network(data, tmp_path, capsys):
+    _anatomy_source(tmp_path)
+    spt = FinetuneConfig(data={"type": "anatomy", "images": str(tmp_path / "images"),
+                               "anatomy": str(tmp_path / "anatomy")},
+                         out=str(tmp_path / "spt"), epochs=1, batch_size=4, folds=1, val_fraction=0.0, **TINY)
+    summary = finetune(spt, progress=False)
+    assert summary["runs"][0]["n_train"] == 6 and summary["metrics"] == {}
+    best = tmp_path / "spt" / "seed0" / "fold0" / "best.pth"
+    trained = torch.load(best, weights_only=True)["model"]
+
+    torch.manual_seed(123)
+    model = build_network(network_spec(spt))
+    notes = initialize(model, str(best), "vit_unet")
+    assert any("whole network" in n for n in notes)
+    state = model.state_dict()
+    assert set(state) == set(trained)
+    for k, v in trained.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0, msg=k)
+
+    # the CLI path: a second fine-tune on labelled data starts from it
+    rc = main(["finetune", "--data", str(data), "--out", str(tmp_path / "ft"), "--init", str(best), "--quiet",
+               "epochs=1", "batch_size=4", "embed_dim=64", "depth=2", "num_heads=2", "img_size=64",
+               "decoder_channels=[32,16,16,8,8]", "device=cpu"])
+    assert rc == 0
+    events = [r["event"] for r in _log(tmp_path / "ft" / "seed0" / "fold0") if "event" in r]
+    assert any("whole network" in e for e in events)
+    # another decoder width: the encoder loads, the decoder is named and left random
+    other = build_network(network_spec(spt.model_copy(update={"decoder_channels": (16, 16, 8, 8, 8)})))
+    notes = initialize(other, str(best), "vit_unet")
+    assert "decoder" in notes[1] and "not loaded" in notes[1]
+
+
+def test_unet_arm_from_its_config_and_its_init_rule(data, tmp_path, capsys):
+    rc = main(["finetune", "--config", "configs/finetune/unet_cpu.yaml", "--data", str(data), "--out",
+               str(tmp_path / "u"), "--folds", "2", "--quiet", "epochs=1", "img_size=64", "base_channels=4",
+               "levels=2", "device=cpu"])
+    assert rc == 0, capsys.readouterr().err
+    model, config = build_model_from_checkpoint(tmp_path / "u" / "seed0" / "fold1" / "best.pth")
+    assert config["network"]["arch"] == "unet" and config["network"]["base_channels"] == 4
+    vit = build_network(network_spec(FinetuneConfig(data="unused", **TINY)))
+    torch.save({"model": vit.state_dict()}, tmp_path / "vit.pth")
+    with pytest.raises(ValueError, match="vit.pth: not a U-Net checkpoint"):
+        initialize(model, str(tmp_path / "vit.pth"), "unet")
+    rc = main(["finetune", "--data", str(data), "--out", str(tmp_path / "bad"), "--quiet", "folds=0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "folds" in err and "\n" not in err

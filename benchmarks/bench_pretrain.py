@@ -4,16 +4,24 @@ Sections:
 1. Anatomy-guided masking: `vasomim.masking.guided_mask` (vectorised over the batch) vs a
    per-sample Python loop as in the original code (torch.multinomial without replacement for the
    guided picks, a random permutation of the rest for the fill). Target: >= 50x.
-2. (to come with the trainer) pre-training step time of VasoMIM vs MAE at the same gamma and
-   configuration, images/s and peak memory.
+2. One pre-training step (forward, loss, backward, AdamW step) of the trainer's own code
+   (`vasomim.engines.pretrain.forward_losses`), three arms at the same gamma, model and batch,
+   timed interleaved: MAE (beta 0, reconstruction loss only, as `mae_vit_b16.yaml`), guided
+   (beta, reconstruction only) and VasoMIM (beta and the consistency loss through a UNeXt-S).
+   VasoMIM's extra cost = t_VasoMIM / t_MAE - 1, split into masking (guided - MAE) and
+   consistency (VasoMIM - guided). Target: <= 25% of an MAE step. Then images/s and peak memory
+   per arm (CPU: peak resident set of a fresh process per arm above its level after the imports;
+   CUDA: torch.cuda.max_memory_allocated).
 
-    python benchmarks/bench_pretrain.py
+    python benchmarks/bench_pretrain.py --threads 1                      # CPU: tiny and small
     python benchmarks/bench_pretrain.py --batch-size 256 --img-size 224 --gamma 0.5 --beta 0.5
+    python benchmarks/bench_pretrain.py --device cuda --size base --batch-size 256 --amp bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
@@ -123,6 +131,139 @@ def bench_masking(args: argparse.Namespace) -> None:
     print(f"   speed-up        : {t_loop / t_vec:8.1f}x  (target >= 50x)")
 
 
+ARMS = ("mae", "guided", "vasomim")
+
+
+def build_step(size: str, arm: str, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    """One training step of `arm` for a ViT `size`, as the trainer runs it, on fixed random inputs.
+
+    Arms: `mae` (beta 0, no consistency loss), `guided` (beta = args.beta, no consistency loss),
+    `vasomim` (beta and the consistency loss through a randomly initialised UNeXt-S: the cost does
+    not depend on its weights). Everything else is the paper recipe: decoder 512-d x 8, AdamW.
+    """
+    from vasomim.engines.common import param_groups_weight_decay
+    from vasomim.engines.pretrain import (ConsistencyConfig, DataConfig, MaskingConfig, ModelConfig,
+                                          PretrainConfig, build_model, forward_losses)
+    from vasomim.losses import freeze
+    from vasomim.models.unext import UNeXt
+
+    beta = 0.0 if arm == "mae" else args.beta
+    cfg = PretrainConfig(
+        data=DataConfig(img_size=args.img_size),
+        model=ModelConfig(size=size),
+        masking=MaskingConfig(mask_ratio=args.gamma, beta_0=beta, beta_E=beta),
+        consistency=ConsistencyConfig(weight=1.0 if arm == "vasomim" else 0.0),
+        amp=args.amp,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    segmentor = freeze(UNeXt().to(device)) if arm == "vasomim" else None
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    batch = args.step_batch_size
+    gen = torch.Generator(device).manual_seed(0)
+    imgs = torch.randn(batch, 1, args.img_size, args.img_size, generator=gen, device=device)
+    anatomy = random_anatomy_masks(batch, args.img_size).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and args.amp == "bf16")
+
+    def step() -> None:
+        with autocast:
+            out = forward_losses(model, segmentor, imgs, anatomy, cfg, beta, gen)
+        out["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _peak_rss_growth(size: str, arm: str, args: argparse.Namespace, steps: int, queue) -> None:
+    """In a fresh process: how far the resident set peaks above its level before the arm is built.
+
+    The peak (VmHWM) is reset first (Linux: write 5 to /proc/self/clear_refs), so the import-time
+    peak does not hide a smaller one.
+    """
+    # imports before the baseline
+    import vasomim.engines.common  # noqa: F401
+    import vasomim.engines.pretrain  # noqa: F401
+    import vasomim.losses  # noqa: F401
+    import vasomim.models.mae  # noqa: F401
+    import vasomim.models.unext  # noqa: F401
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = _proc_status_mib("VmRSS")
+    step = build_step(size, arm, args, torch.device("cpu"))
+    for _ in range(steps):
+        step()
+    queue.put(_proc_status_mib("VmHWM") - base)
+
+
+def peak_memory_mib(size: str, arm: str, args: argparse.Namespace, device: torch.device, steps: int = 2) -> float:
+    """Peak memory of `steps` training steps of an arm, in MiB.
+
+    CUDA: torch.cuda.max_memory_allocated for the arm alone (model, optimizer state, activations).
+    CPU (Linux): the peak resident set of a fresh process above its level after the imports, so
+    that arms and sizes do not see each other's peaks or reuse each other's freed pages.
+    """
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step = build_step(size, arm, args, device)
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        del step
+        return peak / 2**20
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_rss_growth, args=(size, arm, args, steps, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def bench_step(args: argparse.Namespace) -> None:
+    """Section 2: VasoMIM vs MAE step time, images/s and peak memory per ViT size."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer
+    batch = args.step_batch_size
+    print(f"\n== pre-training step on {device.type}: batch {batch}, {args.img_size} px, gamma {args.gamma}, "
+          f"beta {args.beta}, decoder 512 x 8, {'bf16 autocast' if device.type == 'cuda' and args.amp == 'bf16' else 'fp32'}; "
+          f"{args.warmup} warm-up + {args.step_repeats} timed steps per arm, interleaved")
+    for size in args.size:
+        steps = {arm: build_step(size, arm, args, device) for arm in ARMS}
+        for _ in range(args.warmup - 1):  # time_interleaved runs one more
+            for step in steps.values():
+                step()
+        t = time_interleaved(steps, args.step_repeats, device)
+        del steps
+        memory = {arm: peak_memory_mib(size, arm, args, device) for arm in ARMS}
+        extra = t["vasomim"] / t["mae"] - 1
+        print(f"   ViT-{size}:")
+        print(f"     {'arm':<28}{'ms/step':>10}{'img/s':>10}{'peak MiB':>11}")
+        labels = {"mae": "MAE (random masking)", "guided": f"+ guided masking (beta {args.beta})",
+                  "vasomim": "+ consistency loss = VasoMIM"}
+        for arm in ARMS:
+            print(f"     {labels[arm]:<28}{t[arm] * 1e3:>10.1f}{batch / t[arm]:>10.1f}{memory[arm]:>11.0f}")
+        print(f"     VasoMIM extra cost: {extra:+.1%} of an MAE step (masking {t['guided'] / t['mae'] - 1:+.1%}, "
+              f"consistency {(t['vasomim'] - t['guided']) / t['mae']:+.1%}); target <= +25%: "
+              f"{'met' if extra <= 0.25 else 'NOT met'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -132,12 +273,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--sections", nargs="+", choices=("masking", "step"), default=["masking", "step"])
+    parser.add_argument("--size", nargs="+", default=None,
+                        help="ViT sizes of section 2 (default: tiny small on CPU, base on CUDA)")
+    parser.add_argument("--step-batch-size", type=int, default=None,
+                        help="batch of section 2 (default: 16 on CPU, --batch-size on CUDA)")
+    parser.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm (section 2)")
+    parser.add_argument("--step-repeats", type=int, default=5, help="timed steps per arm (section 2)")
     args = parser.parse_args()
+    on_cuda = args.device.startswith("cuda")
+    args.size = args.size or (["base"] if on_cuda else ["tiny", "small"])
+    args.step_batch_size = args.step_batch_size or (args.batch_size if on_cuda else 16)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    bench_masking(args)
-    # Section 2 (VasoMIM vs MAE step time) is added here together with the trainer.
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name(args.device)}" if on_cuda else ""))
+    if "masking" in args.sections:
+        bench_masking(args)
+    if "step" in args.sections:
+        bench_step(args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import sys
 # (subcommand, module under vasomim.cli)
 COMMANDS: list[tuple[str, str]] = [
     ("demo", "demo"),
+    ("study", "study"),
     ("synth", "synth"),
     ("anatomy", "anatomy"),
     ("train-segmentor", "train_segmentor"),

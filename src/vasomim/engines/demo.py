@@ -1,20 +1,18 @@
-"""The demo: a small study on embedded synthetic angiograms, ending in a report.
+"""The demo: a small but complete study on the embedded synthetic angiograms (or on your folder).
 
-Stages (each cached on disk, so a re-run only does what is missing):
-
-1. synthesize ``count`` angiograms with exact vessel masks (:mod:`vasomim.data.synthetic`);
-2. extract their vascular anatomy (:mod:`vasomim.engines.anatomy`);
-3. score the anatomy masks against the ground truth (DSC, clDice) and write the report with overlays.
+``vasomim demo`` synthesizes a labelled set and an unlabelled corpus, then runs the study of
+:mod:`vasomim.engines.study` with laptop budgets: anatomy, the consistency segmentor, a tiny
+VasoMIM and a tiny MAE, fine-tuning from scratch, from MAE and from VasoMIM (plus the CNN U-Net
+arm), the Frangi baseline, and the report.  About 5 minutes on 2 CPU cores; re-running is instant
+(every stage is cached).  ``--data DIR`` runs the same study on a folder with ``images/`` and
+``masks/`` (any layout ``vasomim data check`` accepts).
 """
 
 from __future__ import annotations
 
-import csv
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 from pydantic import Field
 
 from vasomim.config import StrictModel
@@ -24,90 +22,72 @@ class DemoConfig(StrictModel):
     """Parameters of ``vasomim demo``."""
 
     out: str = Field("vasomim-demo", description="output folder")
-    count: int = Field(24, ge=2, description="synthetic images")
-    size: int = Field(256, ge=64, description="image size in pixels")
+    data: str | None = Field(None, description="labelled folder to use instead of synthetic images")
+    count: int = Field(24, ge=4, description="synthetic labelled images")
+    unlabelled: int = Field(48, ge=0, description="synthetic unlabelled images for pre-training")
+    size: int = Field(128, ge=64, description="synthetic image size and network input size (multiple of 32)")
     seed: int = 0
-    alpha: float = Field(92.0, description="anatomy percentile threshold")
-    border: int | None = Field(None, description="anatomy border; default 20 px scaled to the image size")
+    pretrain_epochs: int = Field(15, ge=1)
+    finetune_epochs: int = Field(25, ge=1)
+    folds: int = Field(3, ge=2)
 
 
-def _stage(msg: str) -> None:
-    print(f"[demo] {msg}", file=sys.stderr, flush=True)
-
-
-def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
-    """Run every stage of the demo and return the path of ``report.md``."""
-    from vasomim.analysis.overlays import TP, overlay, side_by_side
-    from vasomim.data.io import read_image, read_mask, write_png_atomic
+def demo_study(cfg: DemoConfig):
+    """The :class:`~vasomim.engines.study.StudyConfig` of the demo (writes the synthetic data)."""
     from vasomim.data.synthetic import write_dataset
-    from vasomim.engines.anatomy import AnatomyConfig, read_manifest, run_anatomy
-    from vasomim.metrics import evaluate_pair, summarize
+    from vasomim.engines.study import StudyConfig
 
     out = Path(cfg.out)
-    t_start = time.perf_counter()
-    data = out / "data"
-    _stage(f"1/3 synthesizing {cfg.count} angiograms of {cfg.size}x{cfg.size} into {data}")
-    write_dataset(data, count=cfg.count, size=cfg.size, seed=cfg.seed, progress=progress)
+    if cfg.size % 32:
+        raise ValueError(f"--size must be a multiple of 32 (the segmentor's stride), got {cfg.size}")
+    unlabelled = []
+    if cfg.data is None:
+        print(f"[demo] synthesizing {cfg.count} labelled + {cfg.unlabelled} unlabelled angiograms "
+              f"({cfg.size}x{cfg.size}) in {out / 'data'}", file=sys.stderr, flush=True)
+        write_dataset(out / "data" / "labelled", count=cfg.count, size=cfg.size, seed=cfg.seed, progress=False)
+        labelled: str = str(out / "data" / "labelled")
+        if cfg.unlabelled:
+            # other seeds: the corpus never contains the labelled images' exact twins
+            write_dataset(out / "data" / "unlabelled", count=cfg.unlabelled, size=cfg.size,
+                          seed=cfg.seed + 100_000, progress=False)
+            unlabelled = [str(out / "data" / "unlabelled" / "images")]
+    else:
+        labelled = cfg.data
+    size = cfg.size
+    border = max(2, round(20 * size / 512))
+    return StudyConfig(
+        name="vasomim demo" + (" (synthetic angiograms)" if cfg.data is None else f" ({cfg.data})"),
+        out=str(out / "study"),
+        labelled=labelled,
+        unlabelled=unlabelled,
+        anatomy={"border": border, "workers": 2},
+        segmentor={"img_size": size, "epochs": 10, "batch_size": 8, "val_fraction": 0.1, "workers": 0},
+        pretrain={
+            "data": {"img_size": size},
+            "model": {"size": "tiny", "decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4},
+            "optim": {"lr": 1.0e-3, "warmup_epochs": 2},
+            "epochs": cfg.pretrain_epochs, "batch_size": 16, "workers": 0, "device": "cpu",
+            "save_every": 5, "seed": cfg.seed,
+        },
+        finetune={
+            "size": "tiny", "img_size": size, "epochs": cfg.finetune_epochs, "batch_size": 8, "lr": 5.0e-4,
+            "warmup_epochs": 2, "val_every": 5, "folds": cfg.folds, "seeds": [cfg.seed], "workers": 0,
+            "device": "cpu",
+        },
+        finetune_arms={
+            "scratch": {"init": "scratch"},
+            "mae": {"init": "pretrain:mae"},
+            "vasomim": {"init": "pretrain:vasomim"},
+            "unet": {"arch": "unet", "lr": 1.0e-3},
+        },
+        analysis_images=4,
+    )
 
-    border = cfg.border if cfg.border is not None else max(1, round(20 * cfg.size / 512))
-    _stage(f"2/3 extracting vascular anatomy (alpha {cfg.alpha}, border {border} px)")
-    acfg = AnatomyConfig(alpha=cfg.alpha, border=border)
-    summary = run_anatomy(data / "images", out / "anatomy", acfg, progress=progress)
-    if not summary.ok:
-        raise RuntimeError(f"anatomy failed on {len(summary.failures)} synthetic images: {summary.failures[:3]}")
 
-    _stage("3/3 scoring the anatomy against the synthetic ground truth")
-    manifest = read_manifest(out / "anatomy")
-    report_dir = out / "report"
-    fig_dir = report_dir / "figures"
-    rows = []
-    for rel, rec in sorted(manifest.items()):
-        gt = read_mask(data / "masks" / rel)
-        pred = read_mask(out / "anatomy" / rec["mask"], expected_shape=gt.shape)
-        scores = evaluate_pair(pred, gt)
-        rows.append({"image": rel, **{k: round(float(v), 4) for k, v in scores.items()}, "vessel_fraction": rec["vessel_fraction"]})
-    report_dir.mkdir(parents=True, exist_ok=True)
-    with open(report_dir / "anatomy_scores.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run the demo study and return the path of its ``report.md``."""
+    from vasomim.engines.study import run_study
 
-    dsc = summarize([r["dice"] for r in rows])
-    cld = summarize([r["cldice"] for r in rows])
-    order = sorted(rows, key=lambda r: r["dice"])
-    picks = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
-    figures = []
-    for label, r in picks.items():
-        img = read_image(data / "images" / r["image"])
-        gt = read_mask(data / "masks" / r["image"])
-        pred = read_mask(out / "anatomy" / manifest[r["image"]]["mask"])
-        panel = side_by_side((img * 255).round().astype(np.uint8), overlay(img, gt, colour=TP), overlay(img, pred, gt))
-        name = f"anatomy_{label}.png"
-        write_png_atomic(fig_dir / name, panel)
-        figures.append((label, r, name))
-
-    elapsed = time.perf_counter() - t_start
-    lines = [
-        "# vasomim demo report",
-        "",
-        f"Synthetic angiograms: {cfg.count} at {cfg.size}x{cfg.size} (seed {cfg.seed}); wall time {elapsed:.1f} s.",
-        "",
-        "## Vascular anatomy (Sato vesselness, percentile threshold, seeded region growing) vs ground truth",
-        "",
-        "| method | DSC (%) | clDice (%) |",
-        "|---|---|---|",
-        f"| anatomy (alpha {cfg.alpha:g}, border {border}) | {100 * dsc[0]:.2f} ± {100 * dsc[1]:.2f} | {100 * cld[0]:.2f} ± {100 * cld[1]:.2f} |",
-        "",
-        "Mean ± sample standard deviation over images. Per-image scores: `anatomy_scores.csv`.",
-        "",
-        "Panels: image | ground truth (white) | anatomy mask (white: correct, orange: false positive, blue: missed).",
-        "",
-    ]
-    for label, r, name in figures:
-        lines += [f"**{label}** ({r['image']}, DSC {100 * r['dice']:.1f}%)", "", f"![{label}](figures/{name})", ""]
-    report = report_dir / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(report)
-    _stage(f"done in {elapsed:.1f} s: {report}")
-    return report
+    study = demo_study(cfg)
+    command = "vasomim demo" + (f" --data {cfg.data}" if cfg.data else "") + (f" --out {cfg.out}" if cfg.out != "vasomim-demo" else "")
+    return run_study(study, command=command)

@@ -1,0 +1,42 @@
+"""``vasomim study STUDY.yaml``: the paper's experiment on your data, cached stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="run a whole study (anatomy, segmentor, pre-training arms, fine-tuning arms, baselines) and its report",
+        description=(
+            "Run every stage of a study file once and cache it: a re-run, or a run after adding an arm, only does "
+            "what is missing (stages are keyed by a hash of their config and inputs). Ends with report/index.html "
+            "and report/report.md."
+        ),
+        epilog="examples: vasomim study examples/study_cimat.yaml --dry-run\n"
+               "          vasomim study examples/study_cimat.yaml finetune.epochs=50",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("study", help="study YAML file (see examples/)")
+    p.add_argument("overrides", nargs="*", help="overrides key=value, e.g. finetune.epochs=50 out=runs/x")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from vasomim.config import build_config
+    from vasomim.engines.study import StudyConfig, run_study
+
+    try:
+        cfg = build_config(StudyConfig, args.study, args.overrides)
+        report = run_study(cfg, dry_run=args.dry_run, command=" ".join(["vasomim", "study", args.study, *args.overrides]))
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if report is not None:
+        print(f"report: {report.with_name('index.html')}")
+    return 0

@@ -1,0 +1,284 @@
+"""A study: the paper's experiment on anyone's angiograms, from one YAML file, cached stage by stage.
+
+Stages (see :mod:`vasomim.engines.stages` for the caching rule)::
+
+    corpus ──> anatomy ──> segmentor ──> pretrain/<arm> ──> finetune/<arm>@<fraction>
+       (unlabelled images)      └──────> spt ─────────────────────┘
+    frangi (the anatomy of the labelled images, scored directly)
+
+* ``corpus``: a folder of symbolic links to every unlabelled image (and, by default, to the
+  labelled images without their labels), so that one anatomy run and one image root serve all.
+* ``anatomy``: ``vasomim anatomy`` on the corpus.
+* ``segmentor``: UNeXt-S trained on the anatomy (or a given checkpoint).
+* ``pretrain/<arm>``: one pre-training per arm (VasoMIM, MAE, ablations, sweeps: config overrides).
+* ``spt``: the segmentation network trained on the pseudo-labels (segmentor-based pre-training).
+* ``finetune/<arm>@<fraction>``: k-fold x seeds fine-tuning on the labelled set, initialised from
+  ``scratch``, ``pretrain:<arm>`` or ``spt``; ``arch: unet`` gives the plain CNN U-Net arm.
+* ``frangi``: the anatomy masks of the labelled images scored against their labels.
+
+Then the report (always rebuilt, cheap): results table in the paper's format, label-efficiency
+curve, best/worst overlays per arm, Fig. 3a, Fig. 3b, reconstructions, Table 4 clustering, the
+setup and the commands to reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from vasomim.config import StrictModel, deep_merge
+from vasomim.engines.stages import Stage, run_stages
+
+
+def _default_pretrain_arms() -> dict[str, dict]:
+    return {
+        "vasomim": {},
+        "mae": {"masking": {"beta_0": 0.0, "beta_E": 0.0}, "consistency": {"weight": 0.0}},
+    }
+
+
+def _default_finetune_arms() -> dict[str, dict]:
+    return {
+        "scratch": {"init": "scratch"},
+        "mae": {"init": "pretrain:mae"},
+        "vasomim": {"init": "pretrain:vasomim"},
+    }
+
+
+class StudyConfig(StrictModel):
+    """A study file (``vasomim study STUDY.yaml``).  Sections hold overrides of the engines' configs.
+
+    Attributes:
+        name: the study's name (report title).
+        out: the study folder (stages, report).
+        labelled: labelled images: a folder (images/ + masks/, nnU-Net, ARCADE...) or a data spec.
+        unlabelled: folders of unlabelled angiograms for pre-training.
+        pretrain_on_labelled_images: add the labelled images, without their labels, to the corpus.
+        anatomy: :class:`~vasomim.engines.anatomy.AnatomyConfig` keys.
+        segmentor: :class:`~vasomim.engines.segmentor.SegmentorConfig` keys, or ``checkpoint: PATH``.
+        pretrain: :class:`~vasomim.engines.pretrain.PretrainConfig` keys shared by every arm.
+        pretrain_arms: arm name -> overrides (MAE baseline, ablations, masking-ratio sweep ...).
+        finetune: :class:`~vasomim.engines.finetune.FinetuneConfig` keys shared by every arm.
+        finetune_arms: arm name -> overrides; ``init`` is ``scratch``, ``pretrain:<arm>``, ``spt``
+            or a checkpoint path; ``arch: unet`` is the CNN U-Net baseline.
+        spt: overrides of the SPT stage (the fine-tune config trained on the pseudo-labels).
+        frangi: score the anatomy masks of the labelled images (the Frangi/Sato baseline).
+        label_fractions: fine-tune every arm at each share of the training labels (Table 6).
+        analyses: build the figures (Fig. 3a/3b, reconstructions, Table 4) in the report.
+        analysis_images: images used by the reconstruction and clustering analyses.
+    """
+
+    name: str = "vasomim study"
+    out: str = "runs/study"
+    labelled: str | dict | list
+    unlabelled: list[str] = Field(default_factory=list)
+    pretrain_on_labelled_images: bool = True
+    anatomy: dict = Field(default_factory=dict)
+    segmentor: dict = Field(default_factory=dict)
+    pretrain: dict = Field(default_factory=dict)
+    pretrain_arms: dict[str, dict] = Field(default_factory=_default_pretrain_arms)
+    finetune: dict = Field(default_factory=dict)
+    finetune_arms: dict[str, dict] = Field(default_factory=_default_finetune_arms)
+    spt: dict = Field(default_factory=dict)
+    frangi: bool = True
+    label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    analyses: bool = True
+    analysis_images: int = Field(4, ge=1)
+
+
+def _say(line: str) -> None:
+    print(f"[study] {line}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------- stages
+
+
+def _labelled_items(spec):
+    from vasomim.data.sources import load_source
+
+    return sorted(load_source(spec).items, key=lambda it: it.id)
+
+
+def _corpus_listing(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """(link name, target) for every corpus image: unlabelled folders, then the labelled images."""
+    from vasomim.engines.anatomy import list_images
+
+    entries: list[tuple[str, str]] = []
+    for k, folder in enumerate(cfg.unlabelled):
+        root = Path(folder).resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"{folder}: unlabelled folder not found")
+        entries += [(f"u{k}_{root.name}/{rel}", str(root / rel)) for rel in list_images(root)]
+    if cfg.pretrain_on_labelled_images:
+        for it in _labelled_items(cfg.labelled):
+            if it.frame is None:
+                entries.append((f"labelled/{Path(it.id).as_posix()}", str(Path(it.image_path).resolve())))
+    if not entries:
+        raise ValueError("the pre-training corpus is empty: give `unlabelled` folders or keep pretrain_on_labelled_images")
+    return entries
+
+
+def _run_corpus(d: Path, config: dict, deps: dict) -> dict:
+    corpus = d / "images"
+    for name, target in config["entries"]:
+        link = corpus / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            os.symlink(target, link)
+    return {"images": str(corpus), "count": len(config["entries"])}
+
+
+def _run_anatomy(d: Path, config: dict, deps: dict) -> dict:
+    from vasomim.engines.anatomy import AnatomyConfig, run_anatomy
+
+    images = deps["corpus/corpus"]["images"]
+    summary = run_anatomy(images, d / "masks", AnatomyConfig(**config), progress=True)
+    if summary.failures or summary.previous_failures:
+        for _, reason in summary.failures + summary.previous_failures:
+            _say(f"anatomy skipped: {reason}")
+    return {"images": images, "anatomy": str(d / "masks"), "processed": summary.total - len(summary.failures)}
+
+
+def _run_segmentor(d: Path, config: dict, deps: dict) -> dict:
+    from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
+
+    a = deps["anatomy/anatomy"]
+    cfg = SegmentorConfig(**deep_merge(config, {"images": a["images"], "anatomy": a["anatomy"], "out": str(d)}))
+    summary = train_segmentor(cfg, resume=True)
+    return {"checkpoint": summary["checkpoint"], "val_dice": summary["val_dice_vs_pseudo_labels"]}
+
+
+def _run_pretrain(d: Path, config: dict, deps: dict) -> dict:
+    from vasomim.engines.pretrain import PretrainConfig, pretrain
+
+    a = deps["anatomy/anatomy"]
+    values = deep_merge(config, {"data": {"images": a["images"], "anatomy": a["anatomy"]}, "out": str(d)})
+    if "segmentor/segmentor" in deps:
+        values = deep_merge(values, {"consistency": {"segmentor": deps["segmentor/segmentor"]["checkpoint"]}})
+    result = pretrain(PretrainConfig.model_validate(values), resume=True)
+    return {"checkpoint": result["checkpoint"], "run_dir": result["run_dir"], "last": result["last"],
+            "wall_time_s": result["wall_time_s"]}
+
+
+def _resolve_init(init: str, deps: dict) -> str:
+    if init.startswith("pretrain:"):
+        return deps[f"pretrain/{init.split(':', 1)[1]}"]["checkpoint"]
+    if init == "spt":
+        return deps["spt/spt"]["checkpoint"]
+    return init
+
+
+def _run_spt(d: Path, config: dict, deps: dict) -> dict:
+    from vasomim.engines.finetune import FinetuneConfig, finetune
+
+    a = deps["anatomy/anatomy"]
+    values = deep_merge(config, {"data": {"type": "anatomy", "images": a["images"], "anatomy": a["anatomy"]},
+                                 "out": str(d), "folds": 1, "seeds": [config.get("seeds", [0])[0]]})
+    summary = finetune(FinetuneConfig.model_validate(values), resume=(d / "config.json").exists() and any(d.glob("seed*")))
+    return {"checkpoint": summary["runs"][0]["checkpoint"], "val_dice_vs_pseudo_labels": summary["runs"][0]["best_val_dice"]}
+
+
+def _run_finetune(d: Path, config: dict, deps: dict) -> dict:
+    from vasomim.engines.finetune import FinetuneConfig, finetune
+
+    values = dict(config)
+    values["init"] = _resolve_init(values.get("init", "scratch"), deps)
+    values["out"] = str(d)
+    summary = finetune(FinetuneConfig.model_validate(values), resume=any(d.glob("seed*/fold*/last.pth")))
+    return {"metrics": summary["metrics"], "runs": summary["runs"], "per_image": str(d / "per_image.csv"),
+            "wall_s": summary["wall_s"]}
+
+
+def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
+    from vasomim.anatomy import extract_anatomy
+    from vasomim.engines.evaluate import csv_text, summarize_rows, write_atomic
+    from vasomim.metrics import evaluate_pair
+
+    rows = []
+    for it in _labelled_items(config["labelled"]):
+        image = it.load_image()
+        gt = it.load_mask(image.shape)
+        border = config["border"] if config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
+        pred = extract_anatomy(image * 255.0, alpha=config["alpha"], border=border)
+        rows.append({"image": it.id, **evaluate_pair(pred, gt)})
+    write_atomic(d / "per_image.csv", csv_text(rows, ("image", "dice", "cldice", "tprec", "tsens")))
+    return {"metrics": summarize_rows(rows), "per_image": str(d / "per_image.csv"), "n": len(rows)}
+
+
+def _pretrain_uses_segmentor(values: dict) -> bool:
+    cons = values.get("consistency", {})
+    guidance = values.get("masking", {}).get("guidance", "anatomy")
+    return float(cons.get("weight", 1.0)) > 0 or guidance in ("segmentor", "mix")
+
+
+def build_stages(cfg: StudyConfig) -> dict[str, Any]:
+    """The stage graph of a study: ``{"finetune": {(arm, fraction): Stage}, "pretrain": {...}, ...}``."""
+    corpus = Stage("corpus", "corpus", {"entries": _corpus_listing(cfg)}, _run_corpus, cost=0.0)
+    anatomy = Stage("anatomy", "anatomy", dict(cfg.anatomy), _run_anatomy, deps=[corpus], cost=0.05 * 1)
+    seg_ckpt = cfg.segmentor.get("checkpoint")
+    segmentor = None
+    if not seg_ckpt:
+        segmentor = Stage("segmentor", "segmentor", dict(cfg.segmentor), _run_segmentor, deps=[anatomy],
+                          cost=0.02 * cfg.segmentor.get("epochs", 200))
+    pretrain: dict[str, Stage] = {}
+    for arm, over in cfg.pretrain_arms.items():
+        values = deep_merge(deep_merge(cfg.pretrain, over), {"name": arm})
+        deps = [anatomy]
+        if _pretrain_uses_segmentor(values):
+            if seg_ckpt:
+                values = deep_merge(values, {"consistency": {"segmentor": str(seg_ckpt)}})
+            else:
+                deps.append(segmentor)
+        pretrain[arm] = Stage("pretrain", arm, values, _run_pretrain, deps=deps,
+                              cost=0.1 * values.get("epochs", 800))
+    spt = None
+    finetune: dict[tuple[str, float], Stage] = {}
+    for arm, over in cfg.finetune_arms.items():
+        values = deep_merge(deep_merge(cfg.finetune, over), {"data": cfg.labelled})
+        init = str(values.get("init", "scratch"))
+        deps = []
+        if init.startswith("pretrain:"):
+            src = init.split(":", 1)[1]
+            if src not in pretrain:
+                raise ValueError(f"finetune arm {arm!r}: init {init!r} names no pre-training arm ({', '.join(pretrain)})")
+            deps.append(pretrain[src])
+        elif init == "spt":
+            if spt is None:
+                spt = Stage("spt", "spt", deep_merge(deep_merge(cfg.finetune, cfg.spt), {"init": "scratch"}),
+                            _run_spt, deps=[anatomy], cost=0.05 * cfg.finetune.get("epochs", 100))
+            deps.append(spt)
+        for frac in cfg.label_fractions:
+            v = deep_merge(values, {"label_fraction": float(frac)})
+            folds = v.get("folds", 1) * len(v.get("seeds", [0]))
+            finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v, _run_finetune, deps=deps,
+                                                 cost=0.05 * v.get("epochs", 100) * folds)
+    frangi = None
+    if cfg.frangi:
+        frangi = Stage("frangi", "frangi", {"labelled": cfg.labelled, "alpha": cfg.anatomy.get("alpha", 92.0),
+                                            "border": cfg.anatomy.get("border")}, _run_frangi, cost=0.2)
+    return {"corpus": corpus, "anatomy": anatomy, "segmentor": segmentor, "pretrain": pretrain, "spt": spt,
+            "finetune": finetune, "frangi": frangi}
+
+
+def run_study(cfg: StudyConfig, dry_run: bool = False, command: str | None = None) -> Path | None:
+    """Run every missing stage of the study, then write its report; returns ``report.md``."""
+    root = Path(cfg.out)
+    graph = build_stages(cfg)
+    wanted = list(graph["finetune"].values()) + list(graph["pretrain"].values())
+    if graph["frangi"] is not None:
+        wanted.append(graph["frangi"])
+    t0 = time.perf_counter()
+    report = run_stages(wanted, root, dry_run=dry_run, log=_say)
+    if dry_run:
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "study.json").write_text(json.dumps(cfg.model_dump(), indent=2, default=str))
+    from vasomim.engines.study_report import write_study_report
+
+    return write_study_report(cfg, graph, root, report, time.perf_counter() - t0, command)

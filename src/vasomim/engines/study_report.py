@@ -1,0 +1,255 @@
+"""The report of a study: tables, overlays and the paper's figures, from the cached stage outputs.
+
+Kept apart from :mod:`vasomim.engines.study` so that the stage graph reads on its own.  Every
+analysis runs on what the stages left on disk (checkpoints, logs, per-image CSVs) and writes its
+figure and numbers under ``<study>/report/``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _say(line: str) -> None:
+    print(f"[study] {line}", file=sys.stderr, flush=True)
+
+
+def _fmt(metric: dict, n: int | None = None) -> str:
+    from vasomim.analysis.curves import format_score
+
+    return format_score(metric["mean"], metric["std"], n if n is not None else 2)
+
+
+def results_rows(graph: dict, root: Path, fraction: float = 1.0) -> list[dict]:
+    """One row per arm: Frangi first, then the fine-tune arms in study order (paper format, %)."""
+    rows = []
+    if graph["frangi"] is not None:
+        out = graph["frangi"].outputs(root)
+        m = out["metrics"]
+        rows.append({"method": "Frangi/Sato anatomy (no training)", "DSC (%)": _fmt(m["dice"], out["n"]),
+                     "clDice (%)": _fmt(m["cldice"], out["n"]), "std over": f"{out['n']} images"})
+    for (arm, frac), stage in graph["finetune"].items():
+        if frac != fraction:
+            continue
+        out = stage.outputs(root)
+        m = out["metrics"]
+        n = len(out["runs"])
+        init = stage.config.get("init", "scratch")
+        what = "CNN U-Net" if stage.config.get("arch") == "unet" else f"ViT-{stage.config.get('size', 'tiny')} U-Net"
+        rows.append({"method": f"{arm} ({what}, init {init})", "DSC (%)": _fmt(m["dice"], n),
+                     "clDice (%)": _fmt(m["cldice"], n), "std over": f"{n} runs (folds x seeds)"})
+    return rows
+
+
+def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
+    """(arm, id, image01, pred, gt, dice) for the held-out images of the first run of a fine-tune arm."""
+    from vasomim.engines.finetune import _labelled_items, build_model_from_checkpoint, kfold_splits
+    from vasomim.engines.predict import iter_predictions
+    from vasomim.metrics import binarize, dice
+
+    out = stage.outputs(root)
+    run = out["runs"][0]
+    cfg = stage.config
+    items = _labelled_items(cfg["data"])
+    splits = kfold_splits(len(items), cfg.get("folds", 1), cfg.get("split_seed", 0), cfg.get("val_fraction", 0.2))
+    val = [items[i] for i in splits[run["fold"]][1]][:limit]
+    model, mcfg = build_model_from_checkpoint(run["checkpoint"])
+    cases = []
+    for p in iter_predictions(model, val, mcfg["input"], with_masks=True, keep_images=True):
+        if p.error is None:
+            pred = binarize(p.prob)
+            cases.append((stage.name.split("@")[0], p.item.id, p.image, pred, p.mask, dice(pred, p.mask)))
+    return cases
+
+
+def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
+    from vasomim.analysis.curves import plot_sweep
+
+    rows = []
+    for (arm, frac), stage in graph["finetune"].items():
+        for run in stage.outputs(root)["runs"]:
+            if "dice" in run:
+                rows.append({"arm": arm, "x": frac, "seed": f"{run['seed']}-{run['fold']}", "dice": run["dice"],
+                             "cldice": run["cldice"]})
+    return plot_sweep(rows, "share of the training labels", fig_dir / "label_efficiency.png",
+                      title="Label efficiency (Table 6)")
+
+
+def _load_mae(stage, root: Path):
+    from vasomim.engines.pretrain import PretrainConfig, build_model
+
+    out = stage.outputs(root)
+    ckpt = torch.load(out["checkpoint"], map_location="cpu", weights_only=True)
+    pcfg = PretrainConfig.model_validate(ckpt["config"])
+    model = build_model(pcfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), pcfg
+
+
+def _analysis_batch(graph: dict, root: Path, pcfg, n: int):
+    """A few corpus images with their anatomy masks at the pre-training size: (images01, masks)."""
+    import torch.nn.functional as F
+
+    from vasomim.data.sources import AnatomySource
+
+    a = graph["anatomy"].outputs(root)
+    items = [it for it in AnatomySource(a["images"], a["anatomy"]).items if it.has_mask]
+    step = max(1, len(items) // n)
+    chosen = items[::step][:n]
+    size = pcfg.data.img_size
+    imgs, masks = [], []
+    for it in chosen:
+        image = it.load_image()
+        imgs.append(torch.from_numpy(image)[None, None])
+        masks.append(torch.from_numpy(it.load_mask(image.shape).astype(np.float32))[None, None])
+    images01 = torch.cat([F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) for x in imgs])
+    anat = torch.cat([F.interpolate(m, size=(size, size), mode="nearest") for m in masks]) > 0.5
+    return images01.clamp(0, 1), anat
+
+
+def _normalise(images01: torch.Tensor, pcfg) -> torch.Tensor:
+    from vasomim.data.transforms import TransformConfig
+
+    mean, std = TransformConfig(channels=pcfg.data.in_chans, mean=pcfg.data.mean, std=pcfg.data.std).stats()
+    x = images01.repeat(1, pcfg.data.in_chans, 1, 1)
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def _labelled_batch(cfg, size: int, n: int):
+    """Labelled images and their reference masks at ``size`` (for the clustering of patch embeddings)."""
+    import torch.nn.functional as F
+
+    from vasomim.engines.study import _labelled_items
+
+    items = _labelled_items(cfg.labelled)[: 4 * n]
+    imgs, masks = [], []
+    for it in items:
+        image = it.load_image()
+        imgs.append(F.interpolate(torch.from_numpy(image)[None, None], size=(size, size), mode="bilinear",
+                                  align_corners=False))
+        m = torch.from_numpy(it.load_mask(image.shape).astype(np.float32))[None, None]
+        masks.append(F.interpolate(m, size=(size, size), mode="nearest"))
+    return torch.cat(imgs).clamp(0, 1), torch.cat(masks) > 0.5
+
+
+def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
+    from vasomim.analysis.clustering import clustering_analysis, mae_encoder_forward, patch_embeddings, scores_rows
+    from vasomim.analysis.masking_stats import masking_map_analysis, plot_vessel_share, vessel_share_curves
+    from vasomim.analysis.reconstruction import reconstruction_panel
+    from vasomim.data.transforms import TransformConfig
+    from vasomim.engines.segmentor import load_segmentor
+
+    pre = graph["pretrain"]
+    if not pre:
+        return
+    curves = vessel_share_curves({arm: s.outputs(root)["run_dir"] for arm, s in pre.items()})
+    plot_vessel_share(curves, fig_dir / "vessel_share.png", title="Vessel-containing patches among masked ones (Fig. 3a)")
+    rep.add_figure(fig_dir / "vessel_share.png", "Share of vessel-containing patches among the masked patches per "
+                   "epoch (Fig. 3a). Guided masking raises it as beta grows; random masking stays at the share of "
+                   "vessel patches in the images (dashed).")
+
+    guided = next((a for a, s in pre.items() if s.config.get("masking", {}).get("beta_E", 0.5) > 0), None)
+    ref_arm = guided or next(iter(pre))
+    model, pcfg = _load_mae(pre[ref_arm], root)
+    images01, anat = _analysis_batch(graph, root, pcfg, cfg.analysis_images)
+    m = pcfg.masking
+    stats = masking_map_analysis(images01[0, 0].numpy(), anat[0, 0].numpy(), fig_dir / "masking_map.png",
+                                 patch=pcfg.model.patch_size, mask_ratio=m.mask_ratio,
+                                 beta_schedule=(m.beta_0, m.beta_E), epochs=pcfg.epochs, seed=0)
+    rep.add_figure(fig_dir / "masking_map.png", f"How often each patch was masked over {pcfg.epochs} epochs, "
+                   f"anatomy-guided (beta {m.beta_0:g} -> {m.beta_E:g}) vs random (Fig. 3b).")
+    del stats
+
+    seg_path = pcfg.consistency.segmentor
+    segmentor = load_segmentor(seg_path) if seg_path else None
+    mean, std = TransformConfig(channels=pcfg.data.in_chans, mean=pcfg.data.mean, std=pcfg.data.std).stats()
+    reconstruction_panel(model, segmentor, images01, anat, m.mask_ratio, m.beta_E, 0, fig_dir / "reconstructions.png",
+                         mean=mean, std=std, norm_pix=pcfg.model.norm_pix_loss)
+    rep.add_figure(fig_dir / "reconstructions.png", f"Reconstructions of the {ref_arm} model: original, masked input, "
+                   "reconstruction with visible patches pasted back, full decoder output I', and the frozen "
+                   "segmentor on I and on I' (what the consistency loss compares).")
+
+    lab_imgs, lab_masks = _labelled_batch(cfg, pcfg.data.img_size, cfg.analysis_images)
+    embeddings = {}
+    for arm, stage in pre.items():
+        mdl, pc = _load_mae(stage, root)
+        embeddings[arm] = patch_embeddings(mae_encoder_forward(mdl), _normalise(lab_imgs, pc), lab_masks,
+                                           pc.model.patch_size)
+    result = clustering_analysis(embeddings, fig_dir / "clustering.png")
+    rep.add_table("Clustering of patch embeddings, vessel vs background (Table 4)", scores_rows(result),
+                  caption="Patch tokens of the labelled images, grouped by whether the patch holds reference vessel "
+                          "pixels. Higher silhouette (SS, x1e-2) and Calinski-Harabasz (CHI), lower Davies-Bouldin "
+                          "(DBI) mean better separated vessel representations.")
+    rep.add_figure(fig_dir / "clustering.png", "Patch embeddings projected to 2-D, vessel vs background.")
+
+
+def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float, command: str | None) -> Path:
+    """Write ``<root>/report/report.md`` and ``index.html``; returns the Markdown path."""
+    from vasomim.analysis.report import Report
+
+    rep_dir = root / "report"
+    fig_dir = rep_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    rep = Report(cfg.name, rep_dir)
+
+    stage_times = {}
+    for ident in run_report.outputs:
+        kind, name = ident.split("/", 1)
+        marker = next(root.glob(f"{kind}/{name}-*/stage.json"), None)
+        if marker is not None:
+            stage_times[ident] = json.loads(marker.read_text()).get("seconds")
+    corpus = graph["corpus"].outputs(root)
+    ft = next(iter(graph["finetune"].values()), None)
+    pre = next(iter(graph["pretrain"].values()), None)
+    setup: dict[str, Any] = {
+        "labelled data": str(cfg.labelled),
+        "pre-training corpus": f"{corpus['count']} images ({', '.join(cfg.unlabelled) or 'no extra folders'}"
+                               f"{' + the labelled images without labels' if cfg.pretrain_on_labelled_images else ''})",
+    }
+    if pre is not None:
+        pc = pre.config
+        setup["pre-training"] = (f"ViT-{pc.get('model', {}).get('size', 'base')}/16 at {pc.get('data', {}).get('img_size', 224)} px, "
+                                 f"{pc.get('epochs')} epochs, batch {pc.get('batch_size')}, arms: {', '.join(graph['pretrain'])}")
+    if ft is not None:
+        fc = ft.config
+        setup["fine-tuning"] = (f"{fc.get('epochs')} epochs at {fc.get('img_size', 224)} px, {fc.get('folds', 1)} folds x "
+                                f"seeds {fc.get('seeds', [0])}, label fractions {cfg.label_fractions}")
+    setup["stage wall times (s)"] = {k: v for k, v in stage_times.items() if v is not None}
+    # compute time of every stage (also those cached from earlier runs) + this run's overhead
+    ran_now = sum(run_report.seconds.values())
+    setup["wall_time_s"] = sum(v for v in stage_times.values() if v) + max(0.0, seconds - ran_now)
+    rep.add_setup(setup)
+
+    rows = results_rows(graph, root, 1.0 if 1.0 in cfg.label_fractions else max(cfg.label_fractions))
+    rep.add_table("Vessel segmentation", rows, caption="Mean ± standard deviation, in %. Fine-tuned arms: scores of "
+                  "the best-by-validation checkpoint on the held-out images of each fold, at the original image "
+                  "resolution, averaged per run; std over runs (folds x seeds). Frangi: std over images.")
+    if len(cfg.label_fractions) > 1:
+        _label_efficiency(cfg, graph, root, fig_dir)
+        rep.add_figure(fig_dir / "label_efficiency.png", "DSC and clDice vs the share of training labels (Table 6).")
+
+    cases = []
+    for (arm, frac), stage in graph["finetune"].items():
+        if frac == max(cfg.label_fractions):
+            try:
+                cases += _fold0_cases(stage, root)
+            except Exception as exc:  # a figure must not sink the report
+                _say(f"overlays of {arm} skipped: {type(exc).__name__}: {exc}")
+    if cases:
+        rep.add_cases(cases)
+    if cfg.analyses:
+        try:
+            _figures(cfg, graph, root, rep, fig_dir)
+        except Exception as exc:
+            _say(f"analyses skipped: {type(exc).__name__}: {exc}")
+            rep.add_text(f"Analyses could not be produced: {type(exc).__name__}: {exc}")
+    rep.add_code([command or f"vasomim study {root / 'study.json'}"])
+    md, html = rep.write()
+    _say(f"report: {md} and {html}")
+    return md

@@ -1,0 +1,90 @@
+"""A whole (tiny) study: every stage runs once, a re-run does nothing, a new arm runs alone."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from vasomim.cli import main
+from vasomim.data.synthetic import write_dataset
+from vasomim.engines.study import StudyConfig, build_stages, run_study
+
+TINY_VIT = {"embed_dim": 64, "depth": 2, "num_heads": 4}
+
+
+def tiny_study(root, arms=None) -> StudyConfig:
+    return StudyConfig(
+        name="tiny study",
+        out=str(root / "study"),
+        labelled=str(root / "labelled"),
+        unlabelled=[str(root / "unlabelled" / "images")],
+        anatomy={"border": 3, "workers": 1},
+        segmentor={"img_size": 64, "epochs": 1, "batch_size": 4, "workers": 0},
+        pretrain={"data": {"img_size": 64}, "model": {"size": "tiny", **TINY_VIT, "decoder_embed_dim": 32,
+                                                       "decoder_depth": 1, "decoder_num_heads": 4},
+                  "optim": {"lr": 1e-3, "warmup_epochs": 0}, "epochs": 1, "batch_size": 4, "workers": 0,
+                  "device": "cpu", "save_every": 1},
+        finetune={"size": "tiny", **TINY_VIT, "img_size": 64, "epochs": 1, "batch_size": 4, "val_every": 1,
+                  "folds": 2, "seeds": [0], "workers": 0, "device": "cpu", "decoder_channels": [32, 16, 16, 8, 8]},
+        finetune_arms=arms or {"scratch": {"init": "scratch"}, "vasomim": {"init": "pretrain:vasomim"}},
+        pretrain_arms={"vasomim": {}, "mae": {"masking": {"beta_E": 0.0}, "consistency": {"weight": 0.0}}},
+        analysis_images=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    write_dataset(root / "labelled", count=6, size=64, seed=0, progress=False)
+    write_dataset(root / "unlabelled", count=6, size=64, seed=50, progress=False)
+    return root
+
+
+def ran(err: str) -> list[str]:
+    return re.findall(r"\] (\S+): running", err)
+
+
+def test_study_runs_caches_and_adds_an_arm(data, capsys):
+    cfg = tiny_study(data)
+    report = run_study(cfg)
+    err = capsys.readouterr().err
+    assert set(ran(err)) == {"corpus/corpus", "anatomy/anatomy", "segmentor/segmentor", "pretrain/vasomim",
+                             "pretrain/mae", "finetune/scratch@1", "finetune/vasomim@1", "frangi/frangi"}
+    md = report.read_text()
+    html = report.with_name("index.html").read_text()
+    for arm in ("Frangi", "scratch", "vasomim"):
+        assert arm in md and arm in html
+    for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png"):
+        assert (report.parent / "figures" / fig).is_file(), fig
+    # the table holds the numbers the fine-tune stage computed
+    graph = build_stages(cfg)
+    m = graph["finetune"][("scratch", 1.0)].outputs(Path(cfg.out))["metrics"]["dice"]
+    assert f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}" in md
+
+    run_study(cfg)
+    assert ran(capsys.readouterr().err) == []  # a second run does no work
+
+    cfg2 = tiny_study(data, arms={"scratch": {"init": "scratch"}, "vasomim": {"init": "pretrain:vasomim"},
+                                  "unet": {"arch": "unet", "base_channels": 4, "levels": 2}})
+    run_study(cfg2)
+    assert ran(capsys.readouterr().err) == ["finetune/unet@1"]  # only the new arm
+
+
+def test_dry_run_and_bad_arm(data, tmp_path, capsys):
+    cfg = tiny_study(data)
+    cfg = cfg.model_copy(update={"out": str(tmp_path / "fresh")})
+    assert run_study(cfg, dry_run=True) is None
+    err = capsys.readouterr().err
+    assert "estimated cost" in err and "run " in err
+    assert not (tmp_path / "fresh" / "finetune").exists()
+    bad = tiny_study(data, arms={"x": {"init": "pretrain:nope"}})
+    with pytest.raises(ValueError, match="names no pre-training arm"):
+        build_stages(bad)
+
+
+def test_study_cli_reports_bad_file(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text("labelled: somewhere\nunknown_key: 1\n")
+    assert main(["study", str(tmp_path / "s.yaml")]) == 2
+    assert "unknown_key" in capsys.readouterr().err

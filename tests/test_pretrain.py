@@ -140,9 +140,10 @@ class Killed(Exception):
 
 
 def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
-    # schedules that move within the run: lr warm-up then cosine, beta 0 -> 1, accumulation of 2
+    # schedules that move within epochs: lr warm-up then cosine, beta 0 -> 1 per iteration;
+    # accumulation of 2 micro-batches
     settings = ("epochs=3", "batch_size=4", "optim.warmup_epochs=1", "optim.accum_iter=2",
-                "masking.beta_E=1", "masking.guidance=mix")
+                "masking.beta_E=1", "masking.schedule=iteration", "masking.guidance=mix")
     pretrain(tiny_cfg(data, tmp_path / "straight", *settings), progress=False)
 
     calls = {"n": 0}
@@ -170,6 +171,7 @@ def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(data, tmp_pa
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 9)
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
     assert [r["epoch"] for r in log_b] == [1, 2, 3]  # epoch 2 is redone, not logged twice
+    assert [r["beta"] for r in log_b] == pytest.approx([(k + 5 / 12) / 3 for k in range(3)])  # mean of (e + i/6)/3
     for ra, rb in zip(log_a, log_b):
         assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
 
@@ -204,14 +206,16 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(data):
     assert not torch.equal(ds[5]["image"], first)
 
 
-def test_mae_baseline_logs_null_cons_and_guidance_masks_more_vessel_patches(data, tmp_path):
+def test_mae_baseline_logs_null_cons_and_guidance_masks_more_vessel_patches(data, tmp_path, capsys):
     from vasomim.cli import main
 
     common = ["--images", data["images"], "--anatomy", data["anatomy"], "--quiet", *TINY, "epochs=1",
               "batch_size=4"]
     # the MAE baseline needs no segmentor
     assert main(["pretrain", "--config", str(CONFIG_DIR / "pretrain" / "mae_vit_b16.yaml"),
-                 "--out", str(tmp_path / "mae"), *common]) == 0
+                 "--out", str(tmp_path / "mae"), *common, "tensorboard=true"]) == 0
+    # TensorBoard is optional: written when installed, skipped with a message otherwise
+    assert (tmp_path / "mae" / "tensorboard").is_dir() or "tensorboard is not installed" in capsys.readouterr().err
     assert main(["pretrain", "--config", str(CONFIG_DIR / "pretrain" / "masking_beta_1_1.yaml"),
                  "--out", str(tmp_path / "guided"), *common, "consistency.weight=0"]) == 0
     (mae,), (guided,) = read_log(tmp_path / "mae"), read_log(tmp_path / "guided")

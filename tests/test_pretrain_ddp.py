@@ -1,6 +1,7 @@
 """Two gloo processes under torchrun follow the single-process loss trajectory at the same global
-batch: the same samples per global batch, the same augmentations and masks per sample, gradients
-averaged by DDP (up to the order of float reductions)."""
+batch: the same samples per global batch, the same augmentations and masks per sample (whether a
+DataLoader worker or the main process reads it), gradients averaged by DDP (up to the order of
+float reductions)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(data, tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(vasomim_cli), "pretrain", "--quiet", "--out", str(tmp_path / "ddp"),
-           *TINY, *data, f"batch_size={GLOBAL_BATCH // 2}"]
+           *TINY, *data, f"batch_size={GLOBAL_BATCH // 2}", "workers=1"]  # a DataLoader worker per rank
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # rank 0 only prints the summary

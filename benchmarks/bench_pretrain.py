@@ -241,8 +241,9 @@ def bench_step(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer
     batch = args.step_batch_size
+    precision = "bf16 autocast" if device.type == "cuda" and args.amp == "bf16" else "fp32"
     print(f"\n== pre-training step on {device.type}: batch {batch}, {args.img_size} px, gamma {args.gamma}, "
-          f"beta {args.beta}, decoder 512 x 8, {'bf16 autocast' if device.type == 'cuda' and args.amp == 'bf16' else 'fp32'}; "
+          f"beta {args.beta}, decoder 512 x 8, {precision}; "
           f"{args.warmup} warm-up + {args.step_repeats} timed steps per arm, interleaved")
     for size in args.size:
         steps = {arm: build_step(size, arm, args, device) for arm in ARMS}

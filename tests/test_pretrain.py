@@ -251,7 +251,8 @@ def test_configs_load_with_the_paper_settings():
         assert (cfg.masking.beta_0, cfg.masking.beta_E, cfg.consistency.weight, cfg.masking.mask_ratio) == values
         assert cfg.model == paper.model and cfg.optim == paper.optim and cfg.epochs == 800
     tiny = load("tiny_cpu")
-    assert (tiny.data.img_size, tiny.model.size, tiny.model.decoder_embed_dim, tiny.batch_size) == (128, "tiny", 128, 16)
+    assert (tiny.data.img_size, tiny.model.size, tiny.model.decoder_embed_dim) == (128, "tiny", 128)
+    assert (tiny.batch_size, tiny.optim.warmup_epochs, tiny.device) == (16, 2, "cpu")
     assert len(list((CONFIG_DIR / "pretrain").glob("*.yaml"))) == len(expected) + 5  # + paper, tiny, 3 ratios
 
 

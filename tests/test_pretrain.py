@@ -18,6 +18,7 @@ from vasomim.engines.pretrain import (
     build_model,
     draw_masks,
     forward_losses,
+    guidance_weights,
     load_frozen_segmentor,
     pretrain,
 )
@@ -187,6 +188,22 @@ def test_masks_do_not_depend_on_the_number_of_processes():
             assert torch.equal(full[rank::2], part)
     assert one[2].sum(1).eq(8).all()
     assert not torch.equal(one[2], draw_masks(f, 0.5, 0.75, torch.Generator().manual_seed(2))[2])
+
+
+def test_guidance_weights_from_anatomy_segmentor_or_both():
+    from vasomim.masking import patch_distribution
+
+    anatomy = torch.zeros(2, 1, 32, 32)
+    anatomy[0, 0, :16, :16] = 1  # image 0: vessels in patch 0; image 1: none
+    probs = torch.full((2, 1, 32, 32), 0.01)
+    probs[:, :, 16:, 16:] = 0.97  # the segmentor sees a vessel in patch 3
+    f_anatomy = patch_distribution(anatomy, 16)
+    assert guidance_weights("anatomy", f_anatomy, None, 16) is f_anatomy
+    f_seg = guidance_weights("segmentor", f_anatomy, probs, 16)
+    assert torch.allclose(f_seg, torch.tensor([[0.01, 0.01, 0.01, 0.97]]).expand(2, 4), atol=1e-6)
+    f_mix = guidance_weights("mix", f_anatomy, probs, 16)
+    assert torch.allclose(f_mix, 0.5 * (f_anatomy + f_seg))
+    assert torch.allclose(f_mix[0].sum(), torch.tensor(1.0)) and torch.allclose(f_mix[1].sum(), torch.tensor(0.5))
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(data):

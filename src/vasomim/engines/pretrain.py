@@ -215,14 +215,14 @@ class EpochSeededDataset(Dataset):
 
 
 def guidance_weights(
-    guidance: str, anatomy: torch.Tensor, probs: torch.Tensor | None, patch: int
+    guidance: str, f_anatomy: torch.Tensor, probs: torch.Tensor | None, patch: int
 ) -> torch.Tensor:
     """Patch weights f that guide the masking.
 
     Args:
         guidance: ``anatomy`` (Eq. 2 on the anatomy masks), ``segmentor`` (the same on the soft
             map sigmoid(S(I))) or ``mix`` (the mean of both distributions).
-        anatomy: (B, 1, H, W) anatomy masks.
+        f_anatomy: (B, N) ``patch_distribution`` of the anatomy masks.
         probs: (B, 1, H, W) sigmoid(S(I)); needed unless ``guidance == "anatomy"``.
         patch: patch side.
 
@@ -230,11 +230,9 @@ def guidance_weights(
         (B, N) weights (rows sum to 1, or 0 for an image without vessels).
     """
     if guidance == "anatomy":
-        return patch_distribution(anatomy, patch)
+        return f_anatomy
     f_seg = patch_distribution(probs, patch)
-    if guidance == "segmentor":
-        return f_seg
-    return 0.5 * (patch_distribution(anatomy, patch) + f_seg)
+    return f_seg if guidance == "segmentor" else 0.5 * (f_anatomy + f_seg)
 
 
 def draw_masks(
@@ -302,7 +300,8 @@ def forward_losses(
     probs = None
     if cfg.masking.guidance != "anatomy":
         probs = segmentor_probs(segmentor, to_unit_range(imgs, mean, std))
-    f = guidance_weights(cfg.masking.guidance, anatomy, probs, patch)
+    f_anatomy = patch_distribution(anatomy, patch)
+    f = guidance_weights(cfg.masking.guidance, f_anatomy, probs, patch)
     ids_keep, ids_restore, mask = draw_masks(f, cfg.masking.mask_ratio, beta, generator, rank, world_size)
     pred = model(imgs, ids_keep, ids_restore)
     out = vasomim_loss(
@@ -310,7 +309,6 @@ def forward_losses(
         segmentor=segmentor if cfg.consistency.weight > 0 else None,
         input_mean=mean, input_std=std, cons_weight=cfg.consistency.weight, image_probs=probs,
     )
-    f_anatomy = f if cfg.masking.guidance == "anatomy" else patch_distribution(anatomy, patch)
     out["vessel_share_masked"] = masked_vessel_share(f_anatomy, mask).mean()
     out["vessel_share_all"] = (f_anatomy > 0).float().mean()
     return out

@@ -88,3 +88,24 @@ def test_study_cli_reports_bad_file(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text("labelled: somewhere\nunknown_key: 1\n")
     assert main(["study", str(tmp_path / "s.yaml")]) == 2
     assert "unknown_key" in capsys.readouterr().err
+
+
+def test_example_studies_are_valid(tmp_path):
+    """Every study in examples/ parses, and each of its arms builds a valid engine config."""
+    from vasomim.config import build_config, deep_merge
+    from vasomim.engines.finetune import FinetuneConfig
+    from vasomim.engines.pretrain import PretrainConfig
+    from vasomim.engines.segmentor import SegmentorConfig
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("study_*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:
+        cfg = build_config(StudyConfig, path)
+        seg = {k: v for k, v in cfg.segmentor.items() if k != "checkpoint"}
+        SegmentorConfig(**seg, images="x", anatomy="y")
+        for over in cfg.pretrain_arms.values():
+            values = deep_merge(deep_merge(cfg.pretrain, over), {"data": {"images": "x", "anatomy": "y"},
+                                                                "consistency": {"segmentor": None}})
+            PretrainConfig.model_validate(values)
+        for over in cfg.finetune_arms.values():
+            FinetuneConfig.model_validate(deep_merge(deep_merge(cfg.finetune, over), {"data": "x"}))

@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ class StudyConfig(StrictModel):
         label_fractions: fine-tune every arm at each share of the training labels (Table 6).
         analyses: build the figures (Fig. 3a/3b, reconstructions, Table 4) in the report.
         analysis_images: images used by the reconstruction and clustering analyses.
+        pretrain_launcher: run each pre-training arm through this launcher, e.g.
+            ``torchrun --nproc_per_node=8 --no-python`` (the rest of the study stays in this process).
     """
 
     name: str = "vasomim study"
@@ -90,6 +93,7 @@ class StudyConfig(StrictModel):
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
     analyses: bool = True
     analysis_images: int = Field(4, ge=1)
+    pretrain_launcher: str | None = None
 
 
 def _say(line: str) -> None:
@@ -154,14 +158,37 @@ def _run_segmentor(d: Path, config: dict, deps: dict) -> dict:
     return {"checkpoint": summary["checkpoint"], "val_dice": summary["val_dice_vs_pseudo_labels"]}
 
 
-def _run_pretrain(d: Path, config: dict, deps: dict) -> dict:
+def _run_pretrain(d: Path, config: dict, deps: dict, launcher: str | None = None) -> dict:
+    """One pre-training arm, in this process or, with ``launcher``, as ``<launcher> vasomim pretrain``.
+
+    The launcher (e.g. ``torchrun --nproc_per_node=8 --no-python``) runs the arm on several GPUs; its
+    config is written to ``<stage>/pretrain.yaml`` and the run resumes if it was interrupted.
+    """
+    import shlex
+    import subprocess
+
+    import yaml
+
     from vasomim.engines.pretrain import PretrainConfig, pretrain
 
     a = deps["anatomy/anatomy"]
     values = deep_merge(config, {"data": {"images": a["images"], "anatomy": a["anatomy"]}, "out": str(d)})
     if "segmentor/segmentor" in deps:
         values = deep_merge(values, {"consistency": {"segmentor": deps["segmentor/segmentor"]["checkpoint"]}})
-    result = pretrain(PretrainConfig.model_validate(values), resume=True)
+    cfg = PretrainConfig.model_validate(values)
+    if launcher:
+        spec = d / "pretrain.yaml"
+        spec.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+        argv = [*shlex.split(launcher), "vasomim", "pretrain", "--config", str(spec), "--resume", "--quiet"]
+        _say("launching " + " ".join(shlex.quote(x) for x in argv))
+        subprocess.run(argv, check=True)
+        final = d / "checkpoint-final.pth"
+        last = None
+        log = d / "log.jsonl"
+        if log.is_file() and log.read_text().strip():
+            last = json.loads(log.read_text().strip().splitlines()[-1])
+        return {"checkpoint": str(final), "run_dir": str(d), "last": last}
+    result = pretrain(cfg, resume=True)
     return {"checkpoint": result["checkpoint"], "run_dir": result["run_dir"], "last": result["last"],
             "wall_time_s": result["wall_time_s"]}
 
@@ -224,7 +251,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
     seg_ckpt = cfg.segmentor.get("checkpoint")
     segmentor = None
     if not seg_ckpt:
-        segmentor = Stage("segmentor", "segmentor", dict(cfg.segmentor), _run_segmentor, deps=[anatomy],
+        seg_values = {k: v for k, v in cfg.segmentor.items() if k != "checkpoint"}
+        segmentor = Stage("segmentor", "segmentor", seg_values, _run_segmentor, deps=[anatomy],
                           cost=0.02 * cfg.segmentor.get("epochs", 200))
     pretrain: dict[str, Stage] = {}
     for arm, over in cfg.pretrain_arms.items():
@@ -235,7 +263,7 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
                 values = deep_merge(values, {"consistency": {"segmentor": str(seg_ckpt)}})
             else:
                 deps.append(segmentor)
-        pretrain[arm] = Stage("pretrain", arm, values, _run_pretrain, deps=deps,
+        pretrain[arm] = Stage("pretrain", arm, values, partial(_run_pretrain, launcher=cfg.pretrain_launcher), deps=deps,
                               cost=0.1 * values.get("epochs", 800))
     spt = None
     finetune: dict[tuple[str, float], Stage] = {}

@@ -59,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(FinetuneConfig, args.config, args.overrides, **values)
         summary = finetune(cfg, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after)
-    except (ValidationError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        print(f"error: invalid finetune config: {problems}"
+              + (" (give --data DIR or data: in the config)" if "data: Field required" in problems else ""),
+              file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if summary is None:

@@ -20,3 +20,11 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture
 def real_data() -> Path:
     return shared_data()
+
+
+def pytest_configure(config):
+    """One torch thread per test process: the tests use tiny models, and several processes (DDP
+    tests, DataLoader workers) spinning on 2 shared cores would otherwise slow each other ~10x."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -220,7 +220,7 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
         fc = ft.config
         setup["fine-tuning"] = (f"{fc.get('epochs')} epochs at {fc.get('img_size', 224)} px, {fc.get('folds', 1)} folds x "
                                 f"seeds {fc.get('seeds', [0])}, label fractions {cfg.label_fractions}")
-    setup["stage wall times (s)"] = {k: v for k, v in stage_times.items() if v is not None}
+    setup["stage wall times"] = ", ".join(f"{k} {v:.0f} s" for k, v in stage_times.items() if v is not None)
     # compute time of every stage (also those cached from earlier runs) + this run's overhead
     ran_now = sum(run_report.seconds.values())
     setup["wall_time_s"] = sum(v for v in stage_times.values() if v) + max(0.0, seconds - ran_now)

@@ -28,6 +28,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vasomim.models.unet import ConvBlock, UNet, UpBlock, make_norm
+from vasomim.models.vit import VIT_SIZES, vit_dims
 
 __all__ = [
     "PATCH_SIZE",
@@ -42,12 +43,6 @@ __all__ = [
 PATCH_SIZE = 16
 
 #: Encoder dimensions of the DeiT/timm sizes ``vit_{tiny,small,base,large}_patch16_224``.
-VIT_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16),
-}
 
 #: Names of the encoder's token parameters (no weight decay, layer 0 for lr decay).
 TOKEN_PARAMS = ("cls_token", "pos_embed", "reg_token", "dist_token")
@@ -119,12 +114,7 @@ class ViTUNet(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if size not in VIT_SIZES:
-            raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)}")
-        dims = dict(VIT_SIZES[size])
-        for key, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
-            if value is not None:
-                dims[key] = int(value)
+        dims = vit_dims(size, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
         img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(img_hw) != 2 or any(s % PATCH_SIZE for s in img_hw):
             raise ValueError(f"img_size {img_size} must be divisible by {PATCH_SIZE}")

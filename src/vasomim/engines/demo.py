@@ -27,8 +27,8 @@ class DemoConfig(StrictModel):
     unlabelled: int = Field(48, ge=0, description="synthetic unlabelled images for pre-training")
     size: int = Field(128, ge=64, description="synthetic image size and network input size (multiple of 32)")
     seed: int = 0
-    pretrain_epochs: int = Field(15, ge=1)
-    finetune_epochs: int = Field(25, ge=1)
+    pretrain_epochs: int = Field(60, ge=1)
+    finetune_epochs: int = Field(20, ge=1)
     folds: int = Field(3, ge=2)
 
 
@@ -61,7 +61,7 @@ def demo_study(cfg: DemoConfig):
         labelled=labelled,
         unlabelled=unlabelled,
         anatomy={"border": border, "workers": 2},
-        segmentor={"img_size": size, "epochs": 10, "batch_size": 8, "val_fraction": 0.1, "workers": 0},
+        segmentor={"img_size": size, "epochs": 30, "batch_size": 8, "val_fraction": 0.1, "workers": 0},
         pretrain={
             "data": {"img_size": size},
             "model": {"size": "tiny", "decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4},

@@ -54,6 +54,9 @@ def demo_study(cfg: DemoConfig):
     else:
         labelled = cfg.data
     size = cfg.size
+    # one optimizer step per epoch at least, even for a toy corpus
+    corpus = cfg.count + cfg.unlabelled if cfg.data is None else 16
+    pre_batch = min(16, max(2, corpus // 2))
     border = max(2, round(20 * size / 512))
     return StudyConfig(
         name="vasomim demo" + (" (synthetic angiograms)" if cfg.data is None else f" ({cfg.data})"),
@@ -66,7 +69,7 @@ def demo_study(cfg: DemoConfig):
             "data": {"img_size": size},
             "model": {"size": "tiny", "decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4},
             "optim": {"lr": 1.0e-3, "warmup_epochs": 2},
-            "epochs": cfg.pretrain_epochs, "batch_size": 16, "workers": 0, "device": "cpu",
+            "epochs": cfg.pretrain_epochs, "batch_size": pre_batch, "workers": 0, "device": "cpu",
             "save_every": 5, "seed": cfg.seed,
         },
         finetune={

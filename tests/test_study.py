@@ -31,6 +31,7 @@ def tiny_study(root, arms=None) -> StudyConfig:
         finetune_arms=arms or {"scratch": {"init": "scratch"}, "vasomim": {"init": "pretrain:vasomim"}},
         pretrain_arms={"vasomim": {}, "mae": {"masking": {"beta_E": 0.0}, "consistency": {"weight": 0.0}}},
         analysis_images=2,
+        sweeps={"initialisation": {"scratch": "scratch", "vasomim": "vasomim"}},
     )
 
 
@@ -56,7 +57,7 @@ def test_study_runs_caches_and_adds_an_arm(data, capsys):
     html = report.with_name("index.html").read_text()
     for arm in ("Frangi", "scratch", "vasomim"):
         assert arm in md and arm in html
-    for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png"):
+    for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png", "sweep_0.png"):
         assert (report.parent / "figures" / fig).is_file(), fig
     # the table holds the numbers the fine-tune stage computed
     graph = build_stages(cfg)
@@ -79,9 +80,11 @@ def test_dry_run_and_bad_arm(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "estimated cost" in err and "run " in err
     assert not (tmp_path / "fresh" / "finetune").exists()
-    bad = tiny_study(data, arms={"x": {"init": "pretrain:nope"}})
+    bad = tiny_study(data, arms={"x": {"init": "pretrain:nope"}}).model_copy(update={"sweeps": {}})
     with pytest.raises(ValueError, match="names no pre-training arm"):
         build_stages(bad)
+    with pytest.raises(ValueError, match="not fine-tune arms"):
+        build_stages(tiny_study(data).model_copy(update={"sweeps": {"x": {"nope": 1.0}}}))
 
 
 def test_study_cli_reports_bad_file(tmp_path, capsys):

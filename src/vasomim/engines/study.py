@@ -73,6 +73,9 @@ class StudyConfig(StrictModel):
         label_fractions: fine-tune every arm at each share of the training labels (Table 6).
         analyses: build the figures (Fig. 3a/3b, reconstructions, Table 4) in the report.
         analysis_images: images used by the reconstruction and clustering analyses.
+        sweeps: figures over fine-tune arms, e.g. the masking-ratio sweep (Fig. 5):
+            ``{"masking ratio": {"r25": 0.25, "r50": 0.5, "r75": 0.75}}`` maps a sweep's x-axis label
+            to ``{fine-tune arm: x value}`` (x values may be text, e.g. "0→0.5" for Table 5).
         pretrain_launcher: run each pre-training arm through this launcher, e.g.
             ``torchrun --nproc_per_node=8 --no-python`` (the rest of the study stays in this process).
     """
@@ -93,6 +96,7 @@ class StudyConfig(StrictModel):
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
     analyses: bool = True
     analysis_images: int = Field(4, ge=1)
+    sweeps: dict[str, dict[str, float | str]] = Field(default_factory=dict)
     pretrain_launcher: str | None = None
 
 
@@ -265,6 +269,10 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
                 deps.append(segmentor)
         pretrain[arm] = Stage("pretrain", arm, values, partial(_run_pretrain, launcher=cfg.pretrain_launcher), deps=deps,
                               cost=0.1 * values.get("epochs", 800))
+    for label, points in cfg.sweeps.items():
+        unknown = sorted(set(points) - set(cfg.finetune_arms))
+        if unknown:
+            raise ValueError(f"sweep {label!r}: {', '.join(unknown)} are not fine-tune arms ({', '.join(cfg.finetune_arms)})")
     spt = None
     finetune: dict[tuple[str, float], Stage] = {}
     for arm, over in cfg.finetune_arms.items():

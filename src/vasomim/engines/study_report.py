@@ -81,6 +81,23 @@ def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
                       title="Label efficiency (Table 6)")
 
 
+def _sweeps(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
+    """One figure per configured sweep (Fig. 5, Table 5): score vs x over the sweep's arms."""
+    from vasomim.analysis.curves import plot_sweep
+
+    frac = max(cfg.label_fractions)
+    for k, (label, points) in enumerate(cfg.sweeps.items()):
+        rows = []
+        for arm, x in points.items():
+            for run in graph["finetune"][(arm, frac)].outputs(root)["runs"]:
+                if "dice" in run:
+                    rows.append({"arm": label, "x": x, "seed": f"{run['seed']}-{run['fold']}",
+                                 "dice": run["dice"], "cldice": run["cldice"]})
+        png = fig_dir / f"sweep_{k}.png"
+        plot_sweep(rows, label, png, title=f"Sweep: {label}")
+        rep.add_figure(png, f"DSC and clDice vs {label} (mean ± std over folds x seeds).")
+
+
 def _load_mae(stage, root: Path):
     from vasomim.engines.pretrain import PretrainConfig, build_model
 
@@ -234,6 +251,8 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
         _label_efficiency(cfg, graph, root, fig_dir)
         rep.add_figure(fig_dir / "label_efficiency.png", "DSC and clDice vs the share of training labels (Table 6).")
 
+    if cfg.sweeps:
+        _sweeps(cfg, graph, root, rep, fig_dir)
     cases = []
     for (arm, frac), stage in graph["finetune"].items():
         if frac == max(cfg.label_fractions):

@@ -57,7 +57,8 @@ def test_study_runs_caches_and_adds_an_arm(data, capsys):
     html = report.with_name("index.html").read_text()
     for arm in ("Frangi", "scratch", "vasomim"):
         assert arm in md and arm in html
-    for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png", "sweep_0.png"):
+    for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png", "sweep_0.png",
+                "case_Frangi_Sato_best.png"):
         assert (report.parent / "figures" / fig).is_file(), fig
     # the table holds the numbers the fine-tune stage computed
     graph = build_stages(cfg)

@@ -68,6 +68,30 @@ def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
     return cases
 
 
+def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
+    """Best and worst labelled image of the Frangi/Sato baseline, recomputed for the overlays."""
+    import csv
+
+    from vasomim.anatomy import extract_anatomy
+    from vasomim.engines.study import _labelled_items
+
+    with open(stage.outputs(root)["per_image"], newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: float(r["dice"]))
+    if not rows:
+        return []
+    picks = {rows[0]["image"], rows[-1]["image"]}
+    cases = []
+    for it in _labelled_items(cfg.labelled):
+        if it.id in picks:
+            image = it.load_image()
+            gt = it.load_mask(image.shape)
+            border = stage.config["border"] if stage.config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
+            pred = extract_anatomy(image * 255.0, alpha=stage.config["alpha"], border=border)
+            score = next(float(r["dice"]) for r in rows if r["image"] == it.id)
+            cases.append(("Frangi/Sato", it.id, image, pred, gt, score))
+    return cases
+
+
 def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
     from vasomim.analysis.curves import plot_sweep
 
@@ -254,6 +278,8 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     if cfg.sweeps:
         _sweeps(cfg, graph, root, rep, fig_dir)
     cases = []
+    if graph["frangi"] is not None:
+        cases += _frangi_cases(cfg, graph["frangi"], root)
     for (arm, frac), stage in graph["finetune"].items():
         if frac == max(cfg.label_fractions):
             try:

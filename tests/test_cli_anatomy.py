@@ -115,3 +115,22 @@ def test_bad_arguments(tmp_path, capsys):
     assert "input folder not found" in capsys.readouterr().err
     (tmp_path / "in").mkdir()
     assert main(["anatomy", str(tmp_path / "in"), str(tmp_path / "o"), "--shard", "3/2"]) == 2
+
+
+def test_batched_device_path_equals_worker_path(tmp_path):
+    """The GPU code path (batches of equal-sized images through torch), run on the CPU here."""
+    from vasomim.engines import anatomy as eng
+
+    src = tmp_path / "in"
+    make_tree(src)
+    run_anatomy(src, tmp_path / "ref", AnatomyConfig(border=6, workers=1), progress=False)
+    ref = read_manifest(tmp_path / "ref")
+    todo = [(rel, rel) for rel in ("good0.png", "good1.png", "sub/rgba.png", "empty.png")]
+    cfg = AnatomyConfig(border=6, device="cpu", batch_size=2)
+    out = tmp_path / "batched"
+    records = {r["file"]: r for r in eng._process_batched(src, out, todo, cfg)}
+    assert records["empty.png"]["status"] == "failed" and "0 bytes" in records["empty.png"]["error"]
+    for rel in ("good0.png", "good1.png", "sub/rgba.png"):
+        assert records[rel]["status"] == "ok"
+        np.testing.assert_array_equal(read_mask(out / rel), read_mask(tmp_path / "ref" / ref[rel]["mask"]))
+        assert abs(records[rel]["threshold"] - ref[rel]["threshold"]) <= 1e-3 * ref[rel]["threshold"]

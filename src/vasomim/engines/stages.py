@@ -118,7 +118,7 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         say(f"{prefix}: running ...")
         d = s.dir(root)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps(s.config, indent=2, default=str))
+        (d / "stage_config.json").write_text(json.dumps(s.config, indent=2, default=str))
         t0 = time.perf_counter()
         dep_out = {f"{dep.kind}/{dep.name}": report.outputs[f"{dep.kind}/{dep.name}"] for dep in s.deps}
         outputs = s.run(d, s.config, dep_out)

@@ -211,7 +211,7 @@ def _run_spt(d: Path, config: dict, deps: dict) -> dict:
     a = deps["anatomy/anatomy"]
     values = deep_merge(config, {"data": {"type": "anatomy", "images": a["images"], "anatomy": a["anatomy"]},
                                  "out": str(d), "folds": 1, "seeds": [config.get("seeds", [0])[0]]})
-    summary = finetune(FinetuneConfig.model_validate(values), resume=(d / "config.json").exists() and any(d.glob("seed*")))
+    summary = finetune(FinetuneConfig.model_validate(values), resume=any(d.glob("seed*/fold*/last.pth")))
     return {"checkpoint": summary["runs"][0]["checkpoint"], "val_dice_vs_pseudo_labels": summary["runs"][0]["best_val_dice"]}
 
 

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabelled", type=int, default=48, help="synthetic unlabelled images (default 48)")
     p.add_argument("--size", type=int, default=128, help="image size, a multiple of 32 (default 128)")
     p.add_argument("--pretrain-epochs", type=int, default=60)
-    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 

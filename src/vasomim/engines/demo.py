@@ -28,7 +28,7 @@ class DemoConfig(StrictModel):
     size: int = Field(128, ge=64, description="synthetic image size and network input size (multiple of 32)")
     seed: int = 0
     pretrain_epochs: int = Field(60, ge=1)
-    finetune_epochs: int = Field(20, ge=1)
+    finetune_epochs: int = Field(30, ge=1)
     folds: int = Field(3, ge=2)
 
 

@@ -15,15 +15,6 @@ from vasomim.engines.finetune import FinetuneConfig, build_network, network_spec
 from vasomim.engines.predict import input_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and stay fast when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """timm must read the exported file and never reach for the network."""

@@ -35,7 +35,8 @@ def resolve_config_path(name: str | Path) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    for cand in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
+    # also "configs/pretrain/x.yaml" given from outside the repository root
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml"), CONFIG_DIR.parent / p):
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"{name}: config not found (looked for the file and under {CONFIG_DIR})")

@@ -62,11 +62,3 @@ def test_dry_run_prints_plan_and_cost(tmp_path):
     run_stages(make(calls, arms=("a", "b")), tmp_path, dry_run=True, log=lines.append)
     assert sum("cached" in l for l in lines) == 2 and any("~2 CPU-minutes" in l for l in lines)
 
-
-def test_named_configs_resolve_from_anywhere(tmp_path, monkeypatch):
-    from vasomim.config import resolve_config_path
-
-    monkeypatch.chdir(tmp_path)
-    a = resolve_config_path("pretrain/tiny_cpu")
-    b = resolve_config_path("configs/pretrain/tiny_cpu.yaml")
-    assert a == b and a.is_file()

@@ -44,6 +44,7 @@ def data(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("ddp-data")
     write_dataset(root / "synth", 24, size=64, seed=0, progress=False)
     run_anatomy(root / "synth" / "images", root / "anatomy", AnatomyConfig(border=4, workers=1), progress=False)
+    torch.manual_seed(0)  # a fixed segmentor: the run is reproducible from pytest run to pytest run
     segmentor = UNeXt()
     with torch.no_grad():
         segmentor.final.weight.mul_(30.0)  # spread its probabilities (see test_pretrain.py)

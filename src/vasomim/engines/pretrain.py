@@ -436,8 +436,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             cfg.seed)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
+        # Workers are started anew every epoch (they must see the epoch); forking them from a process
+        # that already runs the process group's threads can deadlock, so distributed runs start
+        # them from a clean fork server instead.
+        context = "forkserver" if (cfg.workers > 0 and world > 1) else None
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            pin_memory=device.type == "cuda", drop_last=True)
+                            pin_memory=device.type == "cuda", drop_last=True, multiprocessing_context=context)
         accum = cfg.optim.accum_iter
         steps_per_epoch = len(loader) // accum
         iters_per_epoch = steps_per_epoch * accum  # a last incomplete accumulation is skipped

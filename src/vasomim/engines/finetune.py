@@ -583,7 +583,8 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
 # ----------------------------------------------------------------------------- all runs
 
 
-def _labelled_items(data: Any) -> list[Item]:
+def labelled_items(data: Any) -> list[Item]:
+    """The items of a labelled source, sorted by id; one-line errors when masks are missing."""
     from vasomim.data.sources import load_source
 
     source = load_source(data)
@@ -659,7 +660,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
     ``{"dice"|"cldice"|"tprec"|"tsens": {"mean", "std"}}`` over the runs.
     """
     out = Path(cfg.out)
-    items = _labelled_items(cfg.data)
+    items = labelled_items(cfg.data)
     splits = kfold_splits(len(items), cfg.folds, cfg.split_seed, cfg.val_fraction)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from vasomim.config import config_hash
 
@@ -133,12 +133,3 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         report.seconds[ident] = dt
     return report
 
-
-def stage_seconds(stage: Stage, root: Path) -> float | None:
-    """Wall time recorded by a finished stage."""
-    marker = stage.dir(root) / "stage.json"
-    return json.loads(marker.read_text()).get("seconds") if marker.is_file() else None
-
-
-def jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))

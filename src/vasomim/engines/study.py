@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import Field
 
 from vasomim.config import StrictModel, deep_merge
+from vasomim.engines.finetune import labelled_items
 from vasomim.engines.stages import Stage, run_stages
 
 
@@ -107,12 +108,6 @@ def _say(line: str) -> None:
 # --------------------------------------------------------------------------------------- stages
 
 
-def _labelled_items(spec):
-    from vasomim.data.sources import load_source
-
-    return sorted(load_source(spec).items, key=lambda it: it.id)
-
-
 def _corpus_listing(cfg: StudyConfig) -> list[tuple[str, str]]:
     """(link name, target) for every corpus image: unlabelled folders, then the labelled images."""
     from vasomim.engines.anatomy import list_images
@@ -124,7 +119,7 @@ def _corpus_listing(cfg: StudyConfig) -> list[tuple[str, str]]:
             raise FileNotFoundError(f"{folder}: unlabelled folder not found")
         entries += [(f"u{k}_{root.name}/{rel}", str(root / rel)) for rel in list_images(root)]
     if cfg.pretrain_on_labelled_images:
-        for it in _labelled_items(cfg.labelled):
+        for it in labelled_items(cfg.labelled):
             if it.frame is None:
                 entries.append((f"labelled/{Path(it.id).as_posix()}", str(Path(it.image_path).resolve())))
     if not entries:
@@ -232,7 +227,7 @@ def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
     from vasomim.metrics import evaluate_pair
 
     rows = []
-    for it in _labelled_items(config["labelled"]):
+    for it in labelled_items(config["labelled"]):
         image = it.load_image()
         gt = it.load_mask(image.shape)
         border = config["border"] if config["border"] is not None else max(1, round(20 * min(image.shape) / 512))

@@ -49,14 +49,14 @@ def results_rows(graph: dict, root: Path, fraction: float = 1.0) -> list[dict]:
 
 def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
     """(arm, id, image01, pred, gt, dice) for the held-out images of the first run of a fine-tune arm."""
-    from vasomim.engines.finetune import _labelled_items, build_model_from_checkpoint, kfold_splits
+    from vasomim.engines.finetune import build_model_from_checkpoint, kfold_splits, labelled_items
     from vasomim.engines.predict import iter_predictions
     from vasomim.metrics import binarize, dice
 
     out = stage.outputs(root)
     run = out["runs"][0]
     cfg = stage.config
-    items = _labelled_items(cfg["data"])
+    items = labelled_items(cfg["data"])
     splits = kfold_splits(len(items), cfg.get("folds", 1), cfg.get("split_seed", 0), cfg.get("val_fraction", 0.2))
     val = [items[i] for i in splits[run["fold"]][1]][:limit]
     model, mcfg = build_model_from_checkpoint(run["checkpoint"])
@@ -73,7 +73,7 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
     import csv
 
     from vasomim.anatomy import extract_anatomy
-    from vasomim.engines.study import _labelled_items
+    from vasomim.engines.finetune import labelled_items
 
     with open(stage.outputs(root)["per_image"], newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: float(r["dice"]))
@@ -81,7 +81,7 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
         return []
     picks = {rows[0]["image"], rows[-1]["image"]}
     cases = []
-    for it in _labelled_items(cfg.labelled):
+    for it in labelled_items(cfg.labelled):
         if it.id in picks:
             image = it.load_image()
             gt = it.load_mask(image.shape)
@@ -155,9 +155,7 @@ def _analysis_batch(graph: dict, root: Path, pcfg, n: int):
 
 
 def _normalise(images01: torch.Tensor, pcfg) -> torch.Tensor:
-    from vasomim.data.transforms import TransformConfig
-
-    mean, std = TransformConfig(channels=pcfg.data.in_chans, mean=pcfg.data.mean, std=pcfg.data.std).stats()
+    mean, std = pcfg.data.transform_config().stats()
     x = images01.repeat(1, pcfg.data.in_chans, 1, 1)
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
@@ -166,9 +164,9 @@ def _labelled_batch(cfg, size: int, n: int):
     """Labelled images and their reference masks at ``size`` (for the clustering of patch embeddings)."""
     import torch.nn.functional as F
 
-    from vasomim.engines.study import _labelled_items
+    from vasomim.engines.finetune import labelled_items
 
-    items = _labelled_items(cfg.labelled)[: 4 * n]
+    items = labelled_items(cfg.labelled)[: 4 * n]
     imgs, masks = [], []
     for it in items:
         image = it.load_image()
@@ -183,7 +181,6 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
     from vasomim.analysis.clustering import clustering_analysis, mae_encoder_forward, patch_embeddings, scores_rows
     from vasomim.analysis.masking_stats import masking_map_analysis, plot_vessel_share, vessel_share_curves
     from vasomim.analysis.reconstruction import reconstruction_panel
-    from vasomim.data.transforms import TransformConfig
     from vasomim.engines.segmentor import load_segmentor
 
     pre = graph["pretrain"]
@@ -209,7 +206,7 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
 
     seg_path = pcfg.consistency.segmentor
     segmentor = load_segmentor(seg_path) if seg_path else None
-    mean, std = TransformConfig(channels=pcfg.data.in_chans, mean=pcfg.data.mean, std=pcfg.data.std).stats()
+    mean, std = pcfg.data.transform_config().stats()
     reconstruction_panel(model, segmentor, images01, anat, m.mask_ratio, m.beta_E, 0, fig_dir / "reconstructions.png",
                          mean=mean, std=std, norm_pix=pcfg.model.norm_pix_loss)
     rep.add_figure(fig_dir / "reconstructions.png", f"Reconstructions of the {ref_arm} model: original, masked input, "

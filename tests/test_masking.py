@@ -51,12 +51,15 @@ def _successive_sampling_inclusion(f: np.ndarray, k: int) -> np.ndarray:
     return incl
 
 
-def _masking_frequencies(f_row, gamma, beta, draws, seed=0) -> np.ndarray:
+def _masking_frequencies(f_row, gamma, beta, draws, seed=0, backend="auto") -> np.ndarray:
     """Per-patch masking frequency of `guided_mask` over `draws` copies of one image."""
     f = torch.as_tensor(f_row, dtype=torch.float32).expand(draws, -1).contiguous()
     gen = torch.Generator().manual_seed(seed)
-    _, _, _, mask = guided_mask(f, gamma, beta, gen)
+    _, _, _, mask = guided_mask(f, gamma, beta, gen, backend=backend)
     return mask.mean(0).numpy()
+
+
+BACKENDS = ["numpy", "torch"]
 
 
 # --- Eq. 2 ---------------------------------------------------------------------------------
@@ -123,13 +126,14 @@ def _mixed_batch(n=16):
     return f / f.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-@pytest.mark.parametrize("gamma,beta", [(0.5, 0.5), (0.75, 1.0), (0.25, 0.0), (0.5, 1.0)])
-def test_guided_mask_structure(gamma, beta):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gamma,beta", [(0.5, 0.5), (0.75, 1.0), (0.25, 0.0), (0.5, 1.0), (1.0, 0.5), (0.0, 0.0)])
+def test_guided_mask_structure(gamma, beta, backend):
     f = _mixed_batch()
     b, n = f.shape
-    n_keep, n_masked, _ = mask_counts(n, gamma, beta)
+    n_keep, n_masked, n_guided = mask_counts(n, gamma, beta)
     ids_keep, ids_masked, ids_restore, mask = guided_mask(
-        f, gamma, beta, torch.Generator().manual_seed(0)
+        f, gamma, beta, torch.Generator().manual_seed(0), backend=backend
     )
     assert ids_keep.shape == (b, n_keep) and ids_masked.shape == (b, n_masked)
     assert ids_restore.shape == (b, n) and mask.shape == (b, n)
@@ -143,15 +147,72 @@ def test_guided_mask_structure(gamma, beta):
     assert torch.equal(mask.sum(1), torch.full((b,), float(n_masked)))
     assert torch.all(torch.gather(mask, 1, ids_masked) == 1)
     assert torch.all(torch.gather(mask, 1, ids_keep) == 0)
+    # the guided share: at least min(n_g, #positive) vessel patches are masked in every row
+    positive = f > 0
+    assert torch.all(((mask > 0) & positive).sum(1) >= positive.sum(1).clamp_max(n_guided))
 
 
-def test_guided_mask_is_reproducible_with_a_generator():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_guided_mask_is_reproducible_with_a_generator(backend):
     f = _mixed_batch()
-    a = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7))
-    b = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7))
-    c = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(8))
+    a = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7), backend=backend)
+    b = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7), backend=backend)
+    c = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(8), backend=backend)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[3], c[3])
+
+
+def test_a_rows_draw_depends_on_its_own_weights_only():
+    # draw_masks relies on it under DDP: each rank fills the other ranks' rows with zeros
+    f = _mixed_batch()
+    other = f.clone()
+    other[[1, 3, 5]] = torch.rand(3, f.shape[1])
+    a = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(4))
+    b = guided_mask(other, 0.5, 0.5, torch.Generator().manual_seed(4))
+    for x, y in zip(a, b):
+        assert torch.equal(x[[0, 2, 4]], y[[0, 2, 4]])
+
+
+def test_guided_mask_rejects_negative_or_nan_weights_and_bad_backends():
+    f = _mixed_batch()
+    for bad in (-0.1, float("nan")):
+        g = f.clone()
+        g[0, 0] = bad
+        with pytest.raises(ValueError, match="non-negative"):
+            guided_mask(g, 0.5, 0.5)
+    with pytest.raises(ValueError, match="backend"):
+        guided_mask(f, 0.5, 0.5, backend="cupy")
+
+
+def test_rows_whose_random_keys_tie_are_drawn_again(monkeypatch):
+    """Force every batch-level random word to be equal: every row ties in both stages (equal
+    weights give equal guided keys; equal fill bits meet at the visible/masked boundary), so
+    every row goes through the redraw path, which must still give exact counts and the law."""
+    import vasomim.masking as masking
+
+    real_sfc64 = np.random.SFC64
+
+    class ConstantBatchWords:
+        def __init__(self, seed):
+            self.real = real_sfc64(seed)
+            self.batch_level = isinstance(seed, int)
+
+        def random_raw(self, size):
+            words = self.real.random_raw(size)
+            return np.full_like(words, words[0]) if self.batch_level else words
+
+    monkeypatch.setattr(masking.np.random, "SFC64", ConstantBatchWords)
+    draws, n = 4000, 16
+    f = np.zeros(n)
+    f[:6] = 1.0  # six equal vessel patches, 2 of them guided (gamma 0.5, beta 0.25)
+    freq = _masking_frequencies(f, 0.5, 0.25, draws, backend="numpy")
+    # every mask had exactly 8 patches (a mean over rows of exact counts)
+    assert freq.sum() == pytest.approx(8.0)
+    # law: 2 guided among 6 equal patches, then 6 of the 14 left uniformly
+    p_vessel = 2 / 6 + (4 / 6) * (6 / 14)
+    p_background = 6 / 14
+    assert np.all(np.abs(freq[:6] - p_vessel) < _tolerance(p_vessel, draws))
+    assert np.all(np.abs(freq[6:] - p_background) < _tolerance(p_background, draws))
 
 
 # --- guided_mask: fallbacks and sampling law -------------------------------------------------
@@ -163,26 +224,29 @@ def _tolerance(p, draws, sigmas=5.0):
     return sigmas * np.sqrt(np.maximum(p * (1 - p), 1e-4) / draws)
 
 
-def test_fewer_positive_patches_than_guided_are_all_masked_then_uniform_fill():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fewer_positive_patches_than_guided_are_all_masked_then_uniform_fill(backend):
     n, gamma, beta = 16, 0.5, 1.0  # M = n_g = 8, only 2 positive patches
     f = np.zeros(n)
     f[[4, 11]] = [0.9, 0.1]
-    freq = _masking_frequencies(f, gamma, beta, DRAWS)
+    freq = _masking_frequencies(f, gamma, beta, DRAWS, backend=backend)
     assert freq[4] == 1.0 and freq[11] == 1.0
     others = np.delete(freq, [4, 11])
     expected = (8 - 2) / (n - 2)
     assert np.all(np.abs(others - expected) < _tolerance(expected, DRAWS))
 
 
-def test_vessel_free_image_gets_uniform_random_masking():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vessel_free_image_gets_uniform_random_masking(backend):
     n = 16
-    freq = _masking_frequencies(np.zeros(n), 0.5, 1.0, DRAWS)
+    freq = _masking_frequencies(np.zeros(n), 0.5, 1.0, DRAWS, backend=backend)
     assert np.all(np.abs(freq - 0.5) < _tolerance(0.5, DRAWS))
 
 
-def test_beta_zero_ignores_the_distribution():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_beta_zero_ignores_the_distribution(backend):
     f = np.array([0.5, 0.2, 0.1, 0.1, 0.05, 0.05] + [0.0] * 10)
-    freq = _masking_frequencies(f, 0.5, 0.0, DRAWS)
+    freq = _masking_frequencies(f, 0.5, 0.0, DRAWS, backend=backend)
     chi2 = np.sum((freq * DRAWS - 0.5 * DRAWS) ** 2 / (0.5 * DRAWS))
     # per-patch counts are Binomial(DRAWS, 1/2); sum over 16 patches of z^2 (with correlation
     # from the fixed count) stays far below 60 under uniform masking
@@ -190,13 +254,14 @@ def test_beta_zero_ignores_the_distribution():
     assert np.all(np.abs(freq - 0.5) < _tolerance(0.5, DRAWS))
 
 
-def test_beta_one_matches_sampling_without_replacement_proportional_to_f():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_beta_one_matches_sampling_without_replacement_proportional_to_f(backend):
     # 6 patches, gamma 0.5 -> M = n_g = 3: the masked set is exactly the guided draw. Its law is
     # successive sampling; proportional inclusion (min(1, 3 f)), sampling with replacement or a
     # deterministic top-k all miss these inclusion probabilities by >= 0.07 on some patch.
     f = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
     exact = _successive_sampling_inclusion(f, 3)
-    freq = _masking_frequencies(f, 0.5, 1.0, DRAWS)
+    freq = _masking_frequencies(f, 0.5, 1.0, DRAWS, backend=backend)
     reference = _reference_frequencies(f, 0.5, 1.0, 5000)
     assert np.all(np.abs(freq - exact) < _tolerance(exact, DRAWS))
     assert np.max(np.abs(freq - reference)) < 0.03
@@ -204,10 +269,11 @@ def test_beta_one_matches_sampling_without_replacement_proportional_to_f():
         assert np.max(np.abs(wrong - exact)) > 0.06  # the test separates these
 
 
-def test_partial_guidance_matches_the_brute_force_reference():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_partial_guidance_matches_the_brute_force_reference(backend):
     # gamma 0.5, beta 0.5 on 16 patches: 4 guided picks from 7 positive patches, 4 uniform.
     f = np.array([0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05] + [0.0] * 9)
-    freq = _masking_frequencies(f, 0.5, 0.5, DRAWS)
+    freq = _masking_frequencies(f, 0.5, 0.5, DRAWS, backend=backend)
     reference = _reference_frequencies(f, 0.5, 0.5, 5000, seed=1)
     assert np.max(np.abs(freq - reference)) < 0.035
     # vessel patches are masked more often than background ones, which share one frequency
@@ -221,8 +287,24 @@ def test_masked_vessel_share():
     torch.testing.assert_close(masked_vessel_share(f, mask), torch.tensor([1 / 3, 0.0]))
 
 
-def test_guided_mask_accepts_float64_weights_and_orders_each_group():
-    f = _mixed_batch().double()
-    ids_keep, ids_masked, _, _ = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(2))
-    # visible and masked patches each come in increasing patch order
-    assert torch.all(ids_keep.diff(dim=1) > 0) and torch.all(ids_masked.diff(dim=1) > 0)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_guided_mask_accepts_float64_weights(backend):
+    f = _mixed_batch()
+    a = guided_mask(f.double(), 0.5, 0.5, torch.Generator().manual_seed(2), backend=backend)
+    b = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(2), backend=backend)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("n", [4096, 1025])
+def test_many_patches_use_wide_keys_with_exact_counts_and_guidance(n):
+    # more than 1024 patches: 64-bit fill keys and a second random word per patch
+    gen = torch.Generator().manual_seed(0)
+    f = torch.zeros(3, n)
+    f[0, :40] = 1.0
+    f[1, ::7] = torch.rand(len(range(0, n, 7)), generator=gen)
+    ids_keep, ids_masked, ids_restore, mask = guided_mask(f, 0.75, 0.5, gen)
+    n_keep, n_masked, n_guided = mask_counts(n, 0.75, 0.5)
+    assert torch.equal(torch.cat([ids_keep, ids_masked], 1).sort(1).values, torch.arange(n).expand(3, n))
+    assert torch.equal(mask.sum(1), torch.full((3,), float(n_masked)))
+    assert torch.all(mask[0, :40] == 1)  # 40 positive patches < n_g: all masked
+    assert ((mask[1] > 0) & (f[1] > 0)).sum() >= min(n_guided, int((f[1] > 0).sum()))

@@ -329,7 +329,7 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
 def load_frozen_segmentor(cfg: PretrainConfig, device: torch.device) -> nn.Module | None:
     """The frozen UNeXt-S of ``cfg.consistency.segmentor``, or None when no part of the run needs it."""
     from vasomim.engines.segmentor import load_segmentor
-    from vasomim.losses import freeze
+    from vasomim.models.unext import frozen_for_inference
 
     if not cfg.needs_segmentor:
         return None
@@ -340,7 +340,7 @@ def load_frozen_segmentor(cfg: PretrainConfig, device: torch.device) -> nn.Modul
             "masking.guidance is segmentor/mix (train one with `vasomim train-segmentor`)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"consistency.segmentor: {path}: no such file")
-    return freeze(load_segmentor(path, device))
+    return frozen_for_inference(load_segmentor(path, device))
 
 
 def pretrain_items(cfg: DataConfig) -> list:

@@ -16,6 +16,8 @@ ImageNet mean and standard deviation (`to_segmentor_input`).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -209,3 +211,32 @@ class UNeXt(nn.Module):
         out = self._up(self.dbn4(self.decoder4(out))) + skip1
         out = self._up(self.decoder5(out))
         return self.final(out)
+
+
+# (conv, BatchNorm after it) pairs of UNeXt-S; decoder5 has no BatchNorm.
+_CONV_BN_PAIRS = (
+    ("encoder1", "ebn1"), ("encoder2", "ebn2"), ("encoder3", "ebn3"),
+    ("decoder1", "dbn1"), ("decoder2", "dbn2"), ("decoder3", "dbn3"), ("decoder4", "dbn4"),
+)
+
+
+def frozen_for_inference(model: UNeXt) -> UNeXt:
+    """A frozen copy of a UNeXt for fast inference and input gradients (the consistency loss).
+
+    Each BatchNorm is folded into the convolution before it with its running statistics
+    (`torch.nn.utils.fusion.fuse_conv_bn_eval`; exact in real arithmetic, float32 rounding
+    aside) and replaced by an identity, the convolution weights are stored channels-last (the
+    layout oneDNN and cuDNN convolutions run fastest in), the copy is put in eval mode and its
+    parameters stop requiring gradients. Gradients still flow to the input. On a 2-core CPU this
+    makes the consistency term's forward + backward of a 16 x 224^2 batch ~1.8x faster.
+
+    The copy is for running only: its state dict has no BatchNorm entries, so save the original.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for conv_name, bn_name in _CONV_BN_PAIRS:
+        setattr(fused, conv_name, fuse_conv_bn_eval(getattr(fused, conv_name), getattr(fused, bn_name)))
+        setattr(fused, bn_name, nn.Identity())
+    fused.requires_grad_(False)
+    return fused.to(memory_format=torch.channels_last)

@@ -119,7 +119,7 @@ def _top_k_by_threshold(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
     """Bool (B, N) ``keys >= k-th largest key`` per row, and the rows where that is ambiguous.
 
     A row is ambiguous when its k-th and (k+1)-th largest keys are equal and finite (a tie of
-    float32 keys, probability ~2^-23): the threshold would then select more than k entries.
+    float32 keys, probability ~N 2^-24 per row): the threshold would then select more than k.
     A row whose k-th largest key is -inf selects everything (the caller keeps the finite keys).
     """
     n = keys.shape[1]
@@ -133,7 +133,7 @@ def _top_k_by_threshold(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
 
 
 def _attempts(limit: int = 64):
-    """Attempt numbers for a row drawn again; each attempt fails with probability ~2^-20."""
+    """Attempt numbers for a row drawn again; an attempt fails with probability ~1e-5 (N = 196)."""
     yield from range(1, limit + 1)
     raise RuntimeError("guided_mask: a row kept tying after 64 fresh draws (degenerate weights?)")
 
@@ -191,9 +191,9 @@ def _masked_order_numpy(f: np.ndarray, n_keep: int, n_guided: int, seed: int) ->
     per row. Guided patches (flag set) sort last, so the last M entries are the guided patches
     plus M - n_g of the others chosen uniformly by their random bits, and the index in the low
     bits turns the sorted keys into ids_shuffle without an argsort. Equal random bits at the
-    visible/masked boundary (probability ~2^-22 per row at N = 196) would let the index decide;
-    such a row is drawn again, which keeps the fill exactly uniform (whether it happens does not
-    depend on which patches are involved).
+    visible/masked boundary (probability ~N 2^-23 per row, 2e-5 at N = 196) would let the index
+    decide; such a row is drawn again, which keeps the fill exactly uniform (whether it happens
+    does not depend on which patches are involved).
     """
     b, n = f.shape
     index_bits = max(1, (n - 1).bit_length())

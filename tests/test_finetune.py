@@ -19,6 +19,7 @@ from vasomim.engines.finetune import (
     build_network,
     dice_bce_loss,
     finetune,
+    format_results,
     initialize,
     kfold_splits,
     network_spec,
@@ -140,6 +141,31 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp_path, capsys
             torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=f"{name} {key}")
     epochs = [r["epoch"] for r in _log(tmp_path / "cut" / "seed0" / "fold0") if "epoch" in r]
     assert epochs == [0, 1, 2, 3]
+
+
+def test_select_last_scores_the_final_epoch_and_rescoring_needs_no_training(data, tmp_path, capsys):
+    base = dict(data=str(data), out=str(tmp_path / "run"), epochs=6, batch_size=4, lr=3e-3, val_every=1,
+                folds=1, val_fraction=0.3, **TINY)
+    best = finetune(FinetuneConfig(**base), progress=False)
+    run_dir = tmp_path / "run" / "seed0" / "fold0"
+    log = [r for r in _log(run_dir) if "val_dice" in r]
+    by_epoch = {r["epoch"]: r["val_dice"] for r in log}
+    top = max((r for r in log if r["epoch"] > 0), key=lambda r: r["val_dice"])
+    assert best["select"] == "best" and best["runs"][0]["selected_epoch"] == top["epoch"]
+    assert best["runs"][0]["dice"] == pytest.approx(top["val_dice"])
+    assert best["runs"][0]["checkpoint"].endswith("best.pth")
+
+    # the same finished run, scored the unbiased way: no epoch is trained again
+    last = finetune(FinetuneConfig(select="last", **base), resume=True, progress=False)
+    run = last["runs"][0]
+    assert run["checkpoint"].endswith("last.pth") and run["selected_epoch"] == 6
+    assert run["dice"] == pytest.approx(by_epoch[6])
+    assert run["best_epoch"] == top["epoch"]  # the best epoch is still reported as such
+    assert [r["epoch"] for r in _log(run_dir) if "val_dice" in r] == [r["epoch"] for r in log]
+    with open(tmp_path / "run" / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(by_epoch[6], abs=1e-6)
+    assert "select: last" in format_results(last)
 
 
 # --------------------------------------------------------------------------- initialisation

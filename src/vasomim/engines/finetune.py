@@ -17,7 +17,12 @@ decay, joint augmentation (RandomResizedCrop, flip, photometric jitter) from
 :mod:`vasomim.data.transforms`. Every ``val_every`` epochs (and before training, epoch 0, and at
 the last epoch) the held-out images are predicted at ``img_size``, the probabilities resized back
 to each image's original resolution and thresholded at 0.5, and scored with DSC and clDice
-(:mod:`vasomim.metrics`); the best-by-DSC weights are kept.
+(:mod:`vasomim.metrics`); the best-by-DSC weights are kept in ``best.pth``.
+
+Which weights are scored on the held-out images (``select``): ``best`` (``best.pth``, the epoch
+with the highest held-out DSC, as papers usually report; optimistic, since the held-out images
+pick the epoch) or ``last`` (the final epoch's weights, ``last.pth``; the held-out images choose
+nothing, an unbiased estimate).
 
 Cross-validation: the labelled items (sorted by id) are permuted with ``split_seed`` and cut
 into ``folds`` near-equal parts; fold ``k`` validates on part ``k`` and trains on the rest. With
@@ -33,7 +38,7 @@ Outputs under ``out``:
     ``best_metric``), ``last.pth`` (adds optimizer, step, RNG and loader states for
     ``--resume``), ``log.jsonl`` (one line per epoch, epoch 0 = the untrained model);
 ``per_image.csv``
-    every held-out image of every run scored with that run's best checkpoint;
+    every held-out image of every run scored with that run's selected checkpoint;
 ``summary.json``
     per run and overall: mean ± sample std over the (seed, fold) runs of the per-run mean DSC and
     clDice.
@@ -82,7 +87,7 @@ __all__ = [
 CHECKPOINT_KIND = "vasomim_segmentation"
 
 #: Config keys that may change between an interrupted run and its resume.
-RESUMABLE_CHANGES = ("out", "device", "workers", "seeds", "val_every", "save_every", "epochs")
+RESUMABLE_CHANGES = ("out", "device", "workers", "seeds", "val_every", "save_every", "epochs", "select")
 
 
 class AugmentConfig(StrictModel):
@@ -138,6 +143,9 @@ class FinetuneConfig(StrictModel):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="held-out share when folds = 1")
     split_seed: int = Field(0, description="seed of the fold assignment and label subsets")
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of each training part used")
+    select: Literal["best", "last"] = Field(
+        "best", description="weights scored on the held-out images: best (highest held-out DSC; "
+        "optimistic) or last (final epoch; unbiased)")
     # running
     eval_batch_size: int = Field(8, ge=1)
     save_every: int = Field(1, ge=1, description="write last.pth every K epochs (and at the end)")
@@ -391,13 +399,15 @@ class RunResult:
     best_epoch:
         Epoch of ``best.pth`` (the last epoch when nothing is held out).
     best_val_dice:
-        Validation DSC that selected it (``None`` without validation).
+        Its held-out DSC (``None`` without validation).
     last_val_dice:
-        Validation DSC of the final epoch (``None`` without validation).
+        Held-out DSC of the final epoch (``None`` without validation).
     checkpoint:
-        Path of ``best.pth``.
+        Path of the selected checkpoint: ``best.pth``, or ``last.pth`` with ``select: last``.
+    selected_epoch:
+        Its epoch.
     rows:
-        Per-image scores of ``best.pth`` on the held-out images.
+        Per-image scores of the selected checkpoint on the held-out images.
     wall_s:
         Training time of this invocation in seconds.
     """
@@ -410,6 +420,7 @@ class RunResult:
     best_val_dice: float | None
     last_val_dice: float | None
     checkpoint: str
+    selected_epoch: int = 0
     rows: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -570,11 +581,13 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
         bar.close()
     wall = time.perf_counter() - t0
 
+    take_last = cfg.select == "last" and bool(val_items)
     result = RunResult(seed, fold, len(train_items), len(val_items), best_epoch, best, last_val,
-                       str(best_path), wall_s=round(wall, 1))
+                       str(last_path if take_last else best_path),
+                       selected_epoch=cfg.epochs if take_last else best_epoch, wall_s=round(wall, 1))
     if val_items:
-        best_model, _ = build_model_from_checkpoint(best_path)
-        scored = score_items(best_model.to(device), val_items,
+        selected, _ = build_model_from_checkpoint(result.checkpoint)
+        scored = score_items(selected.to(device), val_items,
                              input_spec(cfg.img_size, cfg.in_chans), cfg.eval_batch_size, device)
         result.rows = scored.rows
     return result, cfg.epochs - start_epoch
@@ -603,12 +616,14 @@ def labelled_items(data: Any) -> list[Item]:
 def _summary(cfg: FinetuneConfig, results: list[RunResult], wall: float) -> dict:
     runs = [{"seed": r.seed, "fold": r.fold, "n_train": r.n_train, "n_val": r.n_val,
              "best_epoch": r.best_epoch, "best_val_dice": r.best_val_dice,
-             "last_val_dice": r.last_val_dice, "checkpoint": r.checkpoint, "wall_s": r.wall_s,
+             "last_val_dice": r.last_val_dice, "selected_epoch": r.selected_epoch,
+             "checkpoint": r.checkpoint, "wall_s": r.wall_s,
              **r.means()} for r in results]
     scored = [r for r in results if r.rows]
     summary: dict[str, Any] = {
         "init": cfg.init, "arch": cfg.arch, "folds": cfg.folds, "seeds": cfg.seeds,
         "label_fraction": cfg.label_fraction, "epochs": cfg.epochs, "img_size": cfg.img_size,
+        "select": cfg.select,
         "n_runs": len(results), "std_over": "runs (folds x seeds) of per-run mean scores",
         "metrics": summarize_rows([r.means() for r in scored]) if scored else {},
         "wall_s": round(wall, 1), "runs": runs,
@@ -622,12 +637,14 @@ def _summary(cfg: FinetuneConfig, results: list[RunResult], wall: float) -> dict
 
 def format_results(summary: dict) -> str:
     """The printed report of :func:`finetune`: one line per run, then mean ± std over runs."""
-    lines = [f"{'seed':>4} {'fold':>4} {'train':>5} {'val':>4} {'best ep':>7} {'DSC %':>7} {'clDice %':>8}"]
+    select = summary.get("select", "best")
+    lines = [f"scored: the {'best-DSC' if select == 'best' else 'final'} epoch of each run (select: {select})",
+             f"{'seed':>4} {'fold':>4} {'train':>5} {'val':>4} {'epoch':>5} {'DSC %':>7} {'clDice %':>8}"]
     for r in summary["runs"]:
         dice = f"{100 * r['dice']:7.2f}" if "dice" in r else f"{'-':>7}"
         cl = f"{100 * r['cldice']:8.2f}" if "cldice" in r else f"{'-':>8}"
         lines.append(f"{r['seed']:>4} {r['fold']:>4} {r['n_train']:>5} {r['n_val']:>4} "
-                     f"{r['best_epoch']:>7} {dice} {cl}")
+                     f"{r.get('selected_epoch', r['best_epoch']):>5} {dice} {cl}")
     if summary["metrics"]:
         lines.append(format_table({m: summary["metrics"][m] for m in ("dice", "cldice")},
                                   n_label=f"{summary['n_runs']} runs (folds x seeds)"))

@@ -265,9 +265,14 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     rep.add_setup(setup)
 
     rows = results_rows(graph, root, 1.0 if 1.0 in cfg.label_fractions else max(cfg.label_fractions))
-    rep.add_table("Vessel segmentation", rows, caption="Mean ± standard deviation, in %. Fine-tuned arms: scores of "
-                  "the best-by-validation checkpoint on the held-out images of each fold, at the original image "
-                  "resolution, averaged per run; std over runs (folds x seeds). Frangi: std over images.")
+    selects = {stage.config.get("select", "best") for stage in graph["finetune"].values()}
+    which = {frozenset({"best"}): "the best-by-validation checkpoint (selected on the same held-out images, "
+                                  "as papers usually report: optimistic)",
+             frozenset({"last"}): "the final-epoch checkpoint (no selection on the held-out images)"}.get(
+        frozenset(selects), "each arm's selected checkpoint (its `select`)")
+    rep.add_table("Vessel segmentation", rows, caption=f"Mean ± standard deviation, in %. Fine-tuned arms: scores of "
+                  f"{which} on the held-out images of each fold, at the original image resolution, averaged per "
+                  "run; std over runs (folds x seeds). Frangi: std over images.")
     if len(cfg.label_fractions) > 1:
         _label_efficiency(cfg, graph, root, fig_dir)
         rep.add_figure(fig_dir / "label_efficiency.png", "DSC and clDice vs the share of training labels (Table 6).")

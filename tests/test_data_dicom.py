@@ -41,8 +41,17 @@ def write_dicom(path, frames: np.ndarray, photometric="MONOCHROME2", bits_stored
         setattr(ds, key, value)
     ds.PixelData = frames.astype("<u2").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save_dicom(ds, path)
     return path
+
+
+def save_dicom(ds, path) -> None:
+    """Write a dataset with its file meta, on pydicom 3 (``enforce_file_format``) or 2.x."""
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:  # pydicom 2.x: the encoding is set on the dataset
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
 
 
 # stored values around the window C=2048, W=1000 (LINEAR: 0 at x <= 1548, 1 above 2547)

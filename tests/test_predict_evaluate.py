@@ -76,22 +76,10 @@ def test_predict_round_trips_resolution_and_names_bad_files(tmp_path, checkpoint
 
 def test_dicom_frames_become_images(tmp_path, checkpoint):
     pydicom = pytest.importorskip("pydicom", reason="pydicom (the 'dicom' extra) is not installed")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from test_data_dicom import write_dicom  # one DICOM writer for the tests, pydicom 2.x and 3
 
     frames = np.stack([synthesize(s, size=48)[0] for s in range(3)]).astype("<u2") * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "XA"
-    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.SamplesPerPixel = 48, 48, 3, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = frames.tobytes()
-    ds.save_as(tmp_path / "cine.dcm", enforce_file_format=True)
+    write_dicom(tmp_path / "cine.dcm", frames, bits_stored=12)
     assert pydicom.dcmread(tmp_path / "cine.dcm").NumberOfFrames == 3
 
     items, failures = collect_inputs([tmp_path / "cine.dcm"])

@@ -17,6 +17,7 @@ from vasomim.data.sources import (
     ConcatSource,
     FolderSource,
     NnUNetSource,
+    decode_rle,
     load_source,
     rasterize_polygons,
 )
@@ -191,16 +192,82 @@ def test_pixel_centre_rule():
     assert not rasterize_polygons([[1, 1, 2, 2]], (3, 3)).any()  # degenerate: no area
 
 
-def test_arcade_size_mismatch_and_rle(tmp_path):
+def test_arcade_size_mismatch(tmp_path):
     json_path = arcade_tree(tmp_path, width=10, height=8)
     png(tmp_path / "train" / "images" / "1.png", gray(8, 12))  # the image on disk is wider
     item = ArcadeSource(json_path, tmp_path / "train" / "images")[0]
     with pytest.raises(ImageReadError, match=r"train\.json: annotation size 10x8 for .*1\.png differs from the image 12x8"):
         item.load_mask()
+
+
+# Reference strings: pycocotools 2.0 `mask.encode(np.asfortranarray(m))["counts"]` of the masks the
+# tests build below (computed once with pycocotools, which vasomim does not depend on).
+RLE_TINY = "326O"  # 3x4: pixels (0, 1), (1, 1), (2, 3)
+RLE_BAND = ("43V10O010O01000O010O01000O010O01000O010O01000O010O01000O010O01000O010O0J2SONk04UOLi06VOJi08WOHh08XOHh08"
+            "YOHf08[OHd08\\OHe06]OJc04^OLc02_ONn00O010O01000O010O010")  # 40x56, 265 pixels
+RLE_BIG = "V_1:R9" + "0" * 687 + "Fn`V3"  # 300x700: columns 350.. plus rows 10..19 of columns 5..599
+
+
+def _band_mask():
+    yy, xx = np.mgrid[0:40, 0:56]
+    return (np.abs(yy - 0.6 * xx - 5) < 1.5) | ((yy - 20) ** 2 + (xx - 40) ** 2 < 30)
+
+
+def test_decode_rle_matches_masks_pycocotools_encoded():
+    tiny = np.zeros((3, 4), bool)
+    tiny[0, 1] = tiny[1, 1] = tiny[2, 3] = True
+    np.testing.assert_array_equal(decode_rle(RLE_TINY, [3, 4]), tiny)
+    band = _band_mask()
+    assert band.sum() == 265
+    np.testing.assert_array_equal(decode_rle(RLE_BAND, [40, 56]), band)  # multi-character and negative deltas
+    big = np.zeros((300, 700), bool)
+    big[:, 350:] = True
+    big[10:20, 5:600] = True
+    np.testing.assert_array_equal(decode_rle(RLE_BIG, [300, 700]), big)  # runs of 105,000 pixels
+    # uncompressed run lengths, column-major, background first (worked by hand)
+    np.testing.assert_array_equal(decode_rle([1, 2, 8, 1], [3, 4]), [[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 1]])
+    assert not decode_rle([12], [3, 4]).any() and decode_rle([0, 12], [3, 4]).all()
+
+
+def test_decode_rle_rejects_malformed_input():
+    with pytest.raises(ValueError, match="cover 11 pixels"):
+        decode_rle([1, 2, 8], [3, 4])
+    with pytest.raises(ValueError, match="non-negative"):
+        decode_rle([5, -1, 8], [3, 4])
+    with pytest.raises(ValueError, match="truncated"):
+        decode_rle("32`", [3, 4])  # '`' = 48 + 0x30: the value goes on, but the string ends
+    with pytest.raises(ValueError, match="outside"):
+        decode_rle("32 6", [3, 4])
+
+
+def test_arcade_rle_segmentations_join_the_polygons(tmp_path):
+    json_path = arcade_tree(tmp_path, width=56, height=40)
     coco = json.loads(json_path.read_text())
-    coco["annotations"][0]["segmentation"] = {"counts": [0, 4], "size": [8, 10]}
+    coco["annotations"].append({"id": 12, "image_id": 1, "category_id": 5, "iscrowd": 1,
+                                "segmentation": {"size": [40, 56], "counts": RLE_BAND}})
+    coco["annotations"].append({"id": 13, "image_id": 2, "category_id": 1, "iscrowd": 1,
+                                "segmentation": {"size": [40, 56], "counts": [0, 40 * 56]}})
     json_path.write_text(json.dumps(coco))
-    with pytest.raises(ValueError, match="annotation 10 uses RLE"):
+    src = ArcadeSource(json_path, tmp_path / "train" / "images")
+    polygons = rasterize_polygons([[2, 1, 6, 1, 6, 4, 2, 4], [9.5, 4.5, 9.5, 8.5, 5.5, 8.5]], (40, 56))
+    np.testing.assert_array_equal(src[0].load_mask(), polygons | _band_mask())
+    assert src[1].load_mask().all()
+    only_rect = ArcadeSource(json_path, tmp_path / "train" / "images", categories=["1"])
+    assert not (only_rect[0].load_mask() & ~polygons).any()  # the RLE's category is left out
+
+    # an RLE that does not fit its image, or that is malformed, names the JSON and the annotation
+    coco["annotations"][-1]["segmentation"] = {"size": [8, 10], "counts": [0, 80]}
+    json_path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"train\.json: annotation 13: RLE size 10x8 differs from its image's 56x40"):
+        ArcadeSource(json_path, tmp_path / "train" / "images").items
+    coco["annotations"][-1]["segmentation"] = {"size": [40, 56], "counts": [0, 7]}
+    json_path.write_text(json.dumps(coco))
+    item = ArcadeSource(json_path, tmp_path / "train" / "images")[1]
+    with pytest.raises(ImageReadError, match=r"train\.json: RLE mask of .*2\.png: RLE runs cover 7 pixels"):
+        item.load_mask()
+    coco["annotations"][-1]["segmentation"] = "not a segmentation"
+    json_path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match="annotation 13 has no polygon or RLE segmentation"):
         ArcadeSource(json_path, tmp_path / "train" / "images").items
 
 

@@ -12,7 +12,9 @@ Sources
     ``a/b.jpg`` pairs with mask ``a/b<mask_suffix>.<any image suffix>`` under ``masks_dir``.
 ``ArcadeSource(json_path, images_dir, categories=None)``
     ARCADE / COCO: polygons of the chosen categories (default: all, their union is "vessel") are
-    rasterised into the mask (see :func:`rasterize_polygons` for the pixel-centre rule).
+    rasterised into the mask (see :func:`rasterize_polygons` for the pixel-centre rule); COCO
+    RLE segmentations (compressed strings or run-length lists) are decoded (:func:`decode_rle`)
+    and united with them.
 ``NnUNetSource(root, labels=None, split="train")``
     ``dataset.json`` + ``imagesTr/<case>_0000<ending>`` + ``labelsTr/<case><ending>`` (v1 or v2
     ``dataset.json``); the mask is the union of the chosen labels (default: every non-background
@@ -73,7 +75,9 @@ __all__ = [
     "AnatomySource",
     "ConcatSource",
     "load_source",
+    "decode_rle",
     "rasterize_polygons",
+    "rle_counts_from_string",
     "scan_files",
 ]
 
@@ -109,6 +113,64 @@ def rasterize_polygons(polygons: Iterable[Sequence[float]], shape: tuple[int, in
     return mask
 
 
+def rle_counts_from_string(counts: str) -> np.ndarray:
+    """Run lengths of a COCO compressed RLE string (the ``counts`` that pycocotools writes).
+
+    The format (pycocotools' ``rleToString``): each count is written in 5-bit groups, least
+    significant first, each group as one character ``48 + group`` with bit 0x20 set when another
+    group follows; the last group's bit 0x10 is the sign. From the fourth count on, the string
+    holds the difference to the count two places before. Decoded here without a per-character
+    Python loop.
+    """
+    c = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if c.min() < 0 or c.max() > 63:
+        raise ValueError("not a COCO compressed RLE string (characters outside '0'..'o')")
+    last = (c & 0x20) == 0  # the last character of each value
+    if not last[-1]:
+        raise ValueError("truncated COCO compressed RLE string")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    group = np.repeat(np.arange(len(ends)), ends - starts + 1)
+    shift = 5 * (np.arange(c.size) - starts[group])
+    values = np.add.reduceat((c & 0x1F) << shift, starts)
+    negative = (c[ends] & 0x10) != 0
+    values = values - (negative.astype(np.int64) << (5 * (ends - starts + 1)))
+    # undo the deltas: counts[m] = values[m] + counts[m - 2] for m > 2
+    out = values.copy()
+    out[3::2] = np.cumsum(values[1::2])[1:]
+    out[4::2] = np.cumsum(values[2::2])[1:]
+    return out
+
+
+def decode_rle(counts: str | Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """A COCO RLE mask as a bool ``(height, width)`` array.
+
+    Parameters
+    ----------
+    counts:
+        Compressed string (``"43V10O..."``) or the uncompressed list of run lengths. Runs
+        alternate background and foreground, starting with background, over the pixels in
+        column-major order (COCO's convention).
+    size:
+        ``[height, width]``.
+
+    Raises
+    ------
+    ValueError
+        Malformed string, negative runs, or runs that do not add up to height x width.
+    """
+    h, w = (int(v) for v in size)
+    runs = rle_counts_from_string(counts) if isinstance(counts, str) else np.asarray(counts, dtype=np.int64)
+    if runs.ndim != 1 or (runs.size and runs.min() < 0):
+        raise ValueError("RLE counts must be non-negative run lengths")
+    if int(runs.sum()) != h * w:
+        raise ValueError(f"RLE runs cover {int(runs.sum())} pixels, the mask {h}x{w} has {h * w}")
+    flat = np.repeat((np.arange(runs.size) % 2).astype(bool), runs)
+    return flat.reshape(w, h).T
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """One image (or one frame of a cine) and where its mask comes from.
@@ -127,8 +189,10 @@ class Item:
         When set, ``mask_path`` is an integer label map and these labels are "vessel" (nnU-Net).
     polygons:
         When set, the mask is rasterised from these COCO polygons (ARCADE) at ``mask_size``.
+    rles:
+        COCO RLE masks (compressed strings or run-length tuples) united with the polygons.
     mask_size:
-        ``(height, width)`` recorded with the polygons.
+        ``(height, width)`` recorded with the polygons and RLEs.
     annotation_path:
         The JSON the polygons come from (named in errors).
     meta:
@@ -142,6 +206,7 @@ class Item:
     frame: int | None = None
     mask_labels: tuple[int, ...] | None = None
     polygons: tuple[tuple[float, ...], ...] | None = None
+    rles: tuple[str | tuple[int, ...], ...] = ()
     mask_size: tuple[int, int] | None = None
     annotation_path: str | None = None
     meta: dict = field(default_factory=dict, compare=False)
@@ -190,7 +255,14 @@ class Item:
                     f"annotation size {size[1]}x{size[0]} for {self.image_path} differs from the image "
                     f"{expected_shape[1]}x{expected_shape[0]}",
                 )
-            return rasterize_polygons(self.polygons, tuple(size))
+            mask = rasterize_polygons(self.polygons, tuple(size))
+            for counts in self.rles:
+                try:
+                    mask |= decode_rle(counts, size)
+                except ValueError as exc:
+                    raise ImageReadError(self.annotation_path or self.id,
+                                         f"RLE mask of {self.image_path}: {exc}") from None
+            return mask
         if self.mask_path is None:
             raise ValueError(f"{self.id}: item has no mask")
         return read_mask(self.mask_path, expected_shape, labels=self.mask_labels)
@@ -453,19 +525,24 @@ class ArcadeSource(Source):
         if not isinstance(coco, dict) or "images" not in coco:
             raise ValueError(f"{self.json_path}: not a COCO JSON (no 'images' list)")
         chosen = self._selected_categories(coco)
+        sizes = {int(img["id"]): (int(img["height"]), int(img["width"])) for img in coco["images"]}
         polys: dict[int, list[tuple[float, ...]]] = {}
+        rles: dict[int, list[str | tuple[int, ...]]] = {}
         for ann in coco.get("annotations", []):
             if int(ann["category_id"]) not in chosen:
                 continue
-            seg = ann.get("segmentation")
+            seg, image_id = ann.get("segmentation"), int(ann["image_id"])
+            polys.setdefault(image_id, [])
+            if isinstance(seg, dict):  # RLE: compressed string or uncompressed run lengths
+                rle = _rle_of(seg, sizes.get(image_id), self.json_path, ann.get("id"))
+                rles.setdefault(image_id, []).append(rle)
+                continue
             if not isinstance(seg, list):
-                raise ValueError(
-                    f"{self.json_path}: annotation {ann.get('id')} uses RLE segmentation; only polygons are supported"
-                )
+                raise ValueError(f"{self.json_path}: annotation {ann.get('id')} has no polygon or RLE segmentation")
             for poly in seg:
                 if len(poly) % 2:
                     raise ValueError(f"{self.json_path}: annotation {ann.get('id')} has a polygon with an odd coordinate count")
-                polys.setdefault(int(ann["image_id"]), []).append(tuple(float(v) for v in poly))
+                polys[image_id].append(tuple(float(v) for v in poly))
         on_disk = set(scan_files(self.images_dir, IMAGE_SUFFIXES)) if self.images_dir.is_dir() else set()
         items, missing = [], []
         known = set()
@@ -480,6 +557,7 @@ class ArcadeSource(Source):
                     rel,
                     str(self.images_dir / rel),
                     polygons=tuple(polys.get(int(img["id"]), ())),
+                    rles=tuple(rles.get(int(img["id"]), ())),
                     mask_size=(int(img["height"]), int(img["width"])),
                     annotation_path=str(self.json_path),
                 )
@@ -491,6 +569,22 @@ class ArcadeSource(Source):
         if stray:
             problems.append(_summary("annotations refer to unknown image ids", [str(s) for s in stray]))
         return items, problems
+
+
+def _rle_of(seg: dict, image_size: tuple[int, int] | None, json_path: Path, ann_id: Any) -> str | tuple[int, ...]:
+    """The counts of a COCO RLE segmentation, checked against its image's size."""
+    counts, size = seg.get("counts"), seg.get("size")
+    where = f"{json_path}: annotation {ann_id}"
+    if not (isinstance(size, list) and len(size) == 2) or counts is None:
+        raise ValueError(f"{where}: RLE segmentation needs 'size' [height, width] and 'counts'")
+    if image_size is not None and tuple(int(v) for v in size) != image_size:
+        raise ValueError(f"{where}: RLE size {size[1]}x{size[0]} differs from its image's "
+                         f"{image_size[1]}x{image_size[0]}")
+    if isinstance(counts, str):
+        return counts
+    if isinstance(counts, list) and all(isinstance(v, int) for v in counts):
+        return tuple(counts)
+    raise ValueError(f"{where}: RLE 'counts' must be a string or a list of integers")
 
 
 def _nnunet_labels(raw: dict) -> dict[str, int]:

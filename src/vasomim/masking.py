@@ -253,7 +253,8 @@ def guided_mask(
 
     Args:
         f: (B, N) non-negative patch weights, typically `patch_distribution(...)`; only their
-            ratios within a row matter. An all-zero row means "no vessels".
+            ratios within a row matter. An all-zero row means "no vessels". Negative or NaN
+            weights raise a ValueError for CPU tensors (not checked on other devices).
         mask_ratio: gamma, the share of masked patches.
         beta: share of the masked patches drawn from f (the rest are uniform).
         generator: random source on f's device; None uses torch's global generator. The same
@@ -280,7 +281,8 @@ def guided_mask(
     b, n = f.shape
     n_keep, n_masked, n_guided = mask_counts(n, mask_ratio, beta)
     f = f.detach().to(torch.float32)
-    if b * n and not bool(f.min() >= 0):  # also catches NaN
+    if f.device.type == "cpu" and b * n and not bool(f.min() >= 0):  # also catches NaN
+        # (checked on the CPU only: on a GPU the check would cost a host synchronisation per step)
         raise ValueError("f must hold non-negative weights (got a negative or NaN value)")
     if backend == "numpy" or (backend == "auto" and f.device.type == "cpu"):
         seed = _seed_from(generator)

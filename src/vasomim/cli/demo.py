@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Synthesize angiograms, extract their anatomy, train the consistency segmentor, pre-train a tiny "
             "VasoMIM and a tiny MAE, fine-tune from scratch / MAE / VasoMIM (and a CNN U-Net), score the "
-            "Frangi baseline, and write report/index.html. About 8 minutes on 2 CPU cores; cached on re-run."
+            "Frangi baseline, and write report/index.html. About 7.5 minutes on 2 CPU cores; cached on re-run."
         ),
     )
     p.add_argument("--out", default="vasomim-demo", help="output folder (default: ./vasomim-demo)")

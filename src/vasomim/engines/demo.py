@@ -3,7 +3,7 @@
 ``vasomim demo`` synthesizes a labelled set and an unlabelled corpus, then runs the study of
 :mod:`vasomim.engines.study` with laptop budgets: anatomy, the consistency segmentor, a tiny
 VasoMIM and a tiny MAE, fine-tuning from scratch, from MAE and from VasoMIM (plus the CNN U-Net
-arm), the Frangi baseline, and the report.  About 8 minutes on 2 CPU cores; re-running takes seconds
+arm), the Frangi baseline, and the report.  About 7.5 minutes on 2 CPU cores; re-running takes seconds
 (every stage is cached).  ``--data DIR`` runs the same study on a folder with ``images/`` and
 ``masks/`` (any layout ``vasomim data check`` accepts).
 """

@@ -62,3 +62,20 @@ def test_dry_run_prints_plan_and_cost(tmp_path):
     run_stages(make(calls, arms=("a", "b")), tmp_path, dry_run=True, log=lines.append)
     assert sum("cached" in l for l in lines) == 2 and any("~2 CPU-minutes" in l for l in lines)
 
+
+
+def test_recorded_seconds_come_from_this_runs_stages_only(tmp_path):
+    import json
+
+    calls = []
+    first = run_stages(make(calls, up_param=1), tmp_path, log=lambda _: None)
+    assert set(first.recorded_seconds) == {"up/base", "arm/a"} and first.seconds.keys() == first.recorded_seconds.keys()
+    # upstream change: new folders for both stages; the old ones stay on disk with other times
+    for marker in tmp_path.glob("*/*/stage.json"):
+        rec = json.loads(marker.read_text())
+        marker.write_text(json.dumps({**rec, "seconds": 999.0}))
+    second = run_stages(make(calls, up_param=2), tmp_path, log=lambda _: None)
+    assert all(v != 999.0 for v in second.recorded_seconds.values())
+    # a cached run reports the times its stages recorded
+    third = run_stages(make(calls, up_param=2), tmp_path, log=lambda _: None)
+    assert third.seconds == {} and third.recorded_seconds == second.recorded_seconds

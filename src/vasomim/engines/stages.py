@@ -49,12 +49,17 @@ class Stage:
     def dir(self, root: Path) -> Path:
         return root / self.kind / f"{self.name}-{self.key}"
 
-    def outputs(self, root: Path) -> dict | None:
-        """The outputs recorded by a finished run, or ``None``."""
+    def record(self, root: Path) -> dict | None:
+        """What a finished run recorded (``outputs``, ``seconds``, ...), or ``None``."""
         marker = self.dir(root) / "stage.json"
         if not marker.is_file():
             return None
-        return json.loads(marker.read_text())["outputs"]
+        return json.loads(marker.read_text())
+
+    def outputs(self, root: Path) -> dict | None:
+        """The outputs recorded by a finished run, or ``None``."""
+        record = self.record(root)
+        return None if record is None else record["outputs"]
 
 
 def topological(stages: list[Stage]) -> list[Stage]:
@@ -81,7 +86,8 @@ class RunReport:
     ran: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     outputs: dict[str, dict] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # stages run now
+    recorded_seconds: dict[str, float | None] = field(default_factory=dict)  # every stage, cached ones too
 
 
 def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = False, log=None) -> RunReport:
@@ -109,11 +115,12 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
     for i, s in enumerate(order, 1):
         ident = f"{s.kind}/{s.name}"
         prefix = f"[{i}/{len(order)}] {ident}"
-        out = s.outputs(root)
-        if out is not None:
+        record = s.record(root)
+        if record is not None:
             say(f"{prefix}: cached ({s.dir(root)})")
             report.cached.append(ident)
-            report.outputs[ident] = out
+            report.outputs[ident] = record["outputs"]
+            report.recorded_seconds[ident] = record.get("seconds")
             continue
         say(f"{prefix}: running ...")
         d = s.dir(root)
@@ -131,5 +138,6 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         report.ran.append(ident)
         report.outputs[ident] = outputs
         report.seconds[ident] = dt
+        report.recorded_seconds[ident] = round(dt, 1)
     return report
 

@@ -181,12 +181,10 @@ def _run_pretrain(d: Path, config: dict, deps: dict, launcher: str | None = None
         argv = [*shlex.split(launcher), "vasomim", "pretrain", "--config", str(spec), "--resume", "--quiet"]
         _say("launching " + " ".join(shlex.quote(x) for x in argv))
         subprocess.run(argv, check=True)
-        final = d / "checkpoint-final.pth"
-        last = None
         log = d / "log.jsonl"
-        if log.is_file() and log.read_text().strip():
-            last = json.loads(log.read_text().strip().splitlines()[-1])
-        return {"checkpoint": str(final), "run_dir": str(d), "last": last}
+        lines = log.read_text().strip().splitlines() if log.is_file() else []
+        last = json.loads(lines[-1]) if lines else None
+        return {"checkpoint": str(d / "checkpoint-final.pth"), "run_dir": str(d), "last": last}
     result = pretrain(cfg, resume=True)
     return {"checkpoint": result["checkpoint"], "run_dir": result["run_dir"], "last": result["last"],
             "wall_time_s": result["wall_time_s"]}
@@ -221,18 +219,23 @@ def _run_finetune(d: Path, config: dict, deps: dict) -> dict:
             "wall_s": summary["wall_s"]}
 
 
-def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
+def frangi_prediction(image, config: dict):
+    """The Frangi/Sato baseline's mask of a [0, 1] image (``config``: the frangi stage's alpha and border;
+    border None scales the default 20 px at 512 px to the image)."""
     from vasomim.anatomy import extract_anatomy
+
+    border = config["border"] if config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
+    return extract_anatomy(image * 255.0, alpha=config["alpha"], border=border)
+
+
+def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
     from vasomim.engines.evaluate import csv_text, summarize_rows, write_atomic
     from vasomim.metrics import evaluate_pair
 
     rows = []
     for it in labelled_items(config["labelled"]):
         image = it.load_image()
-        gt = it.load_mask(image.shape)
-        border = config["border"] if config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
-        pred = extract_anatomy(image * 255.0, alpha=config["alpha"], border=border)
-        rows.append({"image": it.id, **evaluate_pair(pred, gt)})
+        rows.append({"image": it.id, **evaluate_pair(frangi_prediction(image, config), it.load_mask(image.shape))})
     write_atomic(d / "per_image.csv", csv_text(rows, ("image", "dice", "cldice", "tprec", "tsens")))
     return {"metrics": summarize_rows(rows), "per_image": str(d / "per_image.csv"), "n": len(rows)}
 
@@ -246,7 +249,7 @@ def _pretrain_uses_segmentor(values: dict) -> bool:
 def build_stages(cfg: StudyConfig) -> dict[str, Any]:
     """The stage graph of a study: ``{"finetune": {(arm, fraction): Stage}, "pretrain": {...}, ...}``."""
     corpus = Stage("corpus", "corpus", {"entries": _corpus_listing(cfg)}, _run_corpus, cost=0.0)
-    anatomy = Stage("anatomy", "anatomy", dict(cfg.anatomy), _run_anatomy, deps=[corpus], cost=0.05 * 1)
+    anatomy = Stage("anatomy", "anatomy", dict(cfg.anatomy), _run_anatomy, deps=[corpus], cost=0.05)
     seg_ckpt = cfg.segmentor.get("checkpoint")
     segmentor = None
     if not seg_ckpt:

@@ -7,7 +7,6 @@ figure and numbers under ``<study>/report/``.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,8 +71,8 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
     """Best and worst labelled image of the Frangi/Sato baseline, recomputed for the overlays."""
     import csv
 
-    from vasomim.anatomy import extract_anatomy
     from vasomim.engines.finetune import labelled_items
+    from vasomim.engines.study import frangi_prediction
 
     with open(stage.outputs(root)["per_image"], newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: float(r["dice"]))
@@ -85,8 +84,7 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
         if it.id in picks:
             image = it.load_image()
             gt = it.load_mask(image.shape)
-            border = stage.config["border"] if stage.config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
-            pred = extract_anatomy(image * 255.0, alpha=stage.config["alpha"], border=border)
+            pred = frangi_prediction(image, stage.config)
             score = next(float(r["dice"]) for r in rows if r["image"] == it.id)
             cases.append(("Frangi/Sato", it.id, image, pred, gt, score))
     return cases
@@ -133,25 +131,28 @@ def _load_mae(stage, root: Path):
     return model.eval(), pcfg
 
 
-def _analysis_batch(graph: dict, root: Path, pcfg, n: int):
-    """A few corpus images with their anatomy masks at the pre-training size: (images01, masks)."""
+def _resized_pairs(items, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (bilinear, clamped to [0, 1]) and their masks (nearest) at ``size`` x ``size``."""
     import torch.nn.functional as F
 
+    imgs, masks = [], []
+    for it in items:
+        image = it.load_image()
+        imgs.append(F.interpolate(torch.from_numpy(image)[None, None], size=(size, size), mode="bilinear",
+                                  align_corners=False))
+        m = torch.from_numpy(it.load_mask(image.shape).astype(np.float32))[None, None]
+        masks.append(F.interpolate(m, size=(size, size), mode="nearest"))
+    return torch.cat(imgs).clamp(0, 1), torch.cat(masks) > 0.5
+
+
+def _analysis_batch(graph: dict, root: Path, pcfg, n: int):
+    """A few corpus images with their anatomy masks at the pre-training size: (images01, masks)."""
     from vasomim.data.sources import AnatomySource
 
     a = graph["anatomy"].outputs(root)
     items = [it for it in AnatomySource(a["images"], a["anatomy"]).items if it.has_mask]
     step = max(1, len(items) // n)
-    chosen = items[::step][:n]
-    size = pcfg.data.img_size
-    imgs, masks = [], []
-    for it in chosen:
-        image = it.load_image()
-        imgs.append(torch.from_numpy(image)[None, None])
-        masks.append(torch.from_numpy(it.load_mask(image.shape).astype(np.float32))[None, None])
-    images01 = torch.cat([F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) for x in imgs])
-    anat = torch.cat([F.interpolate(m, size=(size, size), mode="nearest") for m in masks]) > 0.5
-    return images01.clamp(0, 1), anat
+    return _resized_pairs(items[::step][:n], pcfg.data.img_size)
 
 
 def _normalise(images01: torch.Tensor, pcfg) -> torch.Tensor:
@@ -162,19 +163,9 @@ def _normalise(images01: torch.Tensor, pcfg) -> torch.Tensor:
 
 def _labelled_batch(cfg, size: int, n: int):
     """Labelled images and their reference masks at ``size`` (for the clustering of patch embeddings)."""
-    import torch.nn.functional as F
-
     from vasomim.engines.finetune import labelled_items
 
-    items = labelled_items(cfg.labelled)[: 4 * n]
-    imgs, masks = [], []
-    for it in items:
-        image = it.load_image()
-        imgs.append(F.interpolate(torch.from_numpy(image)[None, None], size=(size, size), mode="bilinear",
-                                  align_corners=False))
-        m = torch.from_numpy(it.load_mask(image.shape).astype(np.float32))[None, None]
-        masks.append(F.interpolate(m, size=(size, size), mode="nearest"))
-    return torch.cat(imgs).clamp(0, 1), torch.cat(masks) > 0.5
+    return _resized_pairs(labelled_items(cfg.labelled)[: 4 * n], size)
 
 
 def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
@@ -197,12 +188,11 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
     model, pcfg = _load_mae(pre[ref_arm], root)
     images01, anat = _analysis_batch(graph, root, pcfg, cfg.analysis_images)
     m = pcfg.masking
-    stats = masking_map_analysis(images01[0, 0].numpy(), anat[0, 0].numpy(), fig_dir / "masking_map.png",
-                                 patch=pcfg.model.patch_size, mask_ratio=m.mask_ratio,
-                                 beta_schedule=(m.beta_0, m.beta_E), epochs=pcfg.epochs, seed=0)
+    masking_map_analysis(images01[0, 0].numpy(), anat[0, 0].numpy(), fig_dir / "masking_map.png",
+                         patch=pcfg.model.patch_size, mask_ratio=m.mask_ratio,
+                         beta_schedule=(m.beta_0, m.beta_E), epochs=pcfg.epochs, seed=0)
     rep.add_figure(fig_dir / "masking_map.png", f"How often each patch was masked over {pcfg.epochs} epochs, "
                    f"anatomy-guided (beta {m.beta_0:g} -> {m.beta_E:g}) vs random (Fig. 3b).")
-    del stats
 
     seg_path = pcfg.consistency.segmentor
     segmentor = load_segmentor(seg_path) if seg_path else None
@@ -236,12 +226,7 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     fig_dir.mkdir(parents=True, exist_ok=True)
     rep = Report(cfg.name, rep_dir)
 
-    stage_times = {}
-    for ident in run_report.outputs:
-        kind, name = ident.split("/", 1)
-        marker = next(root.glob(f"{kind}/{name}-*/stage.json"), None)
-        if marker is not None:
-            stage_times[ident] = json.loads(marker.read_text()).get("seconds")
+    stage_times = run_report.recorded_seconds  # this study's stages, not older runs' folders
     corpus = graph["corpus"].outputs(root)
     ft = next(iter(graph["finetune"].values()), None)
     pre = next(iter(graph["pretrain"].values()), None)

@@ -94,22 +94,24 @@ def time_interleaved(
 ) -> dict[str, float]:
     """Median wall time in seconds of each function, calls interleaved so that both see the
     same machine load; one warm-up call each; CUDA work is waited for."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(_timed_call(fn, device))
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _timed_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of `fn`, with queued CUDA work finished before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def bench_masking(args: argparse.Namespace) -> None:
@@ -148,16 +150,7 @@ def bench_masking(args: argparse.Namespace) -> None:
 def time_back_to_back(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     """Median wall time of `fn` called `repeats` times in a row after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_timed_call(fn, device) for _ in range(repeats))
 
 
 ARMS = ("mae", "guided", "vasomim")

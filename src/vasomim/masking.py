@@ -287,11 +287,12 @@ def guided_mask(
     if backend == "numpy" or (backend == "auto" and f.device.type == "cpu"):
         seed = _seed_from(generator)
         ids_shuffle = torch.from_numpy(_masked_order_numpy(f.contiguous().numpy(), n_keep, n_guided, seed))
-        ids_restore = _inverse_permutation(ids_shuffle)
-        mask = torch.from_numpy((ids_restore.numpy() >= n_keep).astype(np.float32))  # NumPy: ~3x torch here
     else:
         ids_shuffle = _masked_order_torch(f, n_masked, n_guided, generator)
-        ids_restore = _inverse_permutation(ids_shuffle)
+    ids_restore = _inverse_permutation(ids_shuffle)
+    if ids_restore.device.type == "cpu":  # the same comparison in NumPy: ~3x faster than torch's here
+        mask = torch.from_numpy((ids_restore.numpy() >= n_keep).astype(np.float32))
+    else:
         mask = (ids_restore >= n_keep).to(torch.float32)
     return ids_shuffle[:, :n_keep], ids_shuffle[:, n_keep:], ids_restore, mask
 

@@ -42,8 +42,6 @@ __all__ = [
 
 PATCH_SIZE = 16
 
-#: Encoder dimensions of the DeiT/timm sizes ``vit_{tiny,small,base,large}_patch16_224``.
-
 #: Names of the encoder's token parameters (no weight decay, layer 0 for lr decay).
 TOKEN_PARAMS = ("cls_token", "pos_embed", "reg_token", "dist_token")
 

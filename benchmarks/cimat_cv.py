@@ -6,8 +6,8 @@ folds x seeds runs):
 
 * ``frangi``  the Sato/Frangi anatomy masks themselves (``vasomim anatomy``, alpha 92, border
   scaled to the image size: 12 px at 300 px), no training; its spread is over the same folds;
-* ``unet``    the plain CNN U-Net (``configs/finetune/unet_cpu.yaml``: 16 base channels, 4 levels);
-* ``scratch`` the ViT U-Net from random weights (``configs/finetune/vit_tiny_cpu.yaml``);
+* ``unet``    the plain CNN U-Net (``finetune/unet_cpu``: 16 base channels, 4 levels);
+* ``scratch`` the ViT U-Net from random weights (``finetune/vit_tiny_cpu``);
 * ``spt``     (``--spt``) the ViT U-Net first trained on the anatomy pseudo-labels of the
   unlabelled pool (the 15 ``xca-unlabeled`` frames + the 40 CIMAT images without their labels),
   then fine-tuned: segmentor-based pre-training;
@@ -55,7 +55,7 @@ from vasomim.metrics import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared" / "data").resolve()
-CONFIGS = REPO / "configs" / "finetune"
+CONFIGS = REPO / "src" / "vasomim" / "configs" / "finetune"
 LABELS = {
     "frangi": "Frangi/Sato anatomy masks (no training)",
     "unet": "CNN U-Net, scratch",

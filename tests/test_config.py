@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+import vasomim
 from vasomim.config import StrictModel, build_config, config_hash, parse_overrides, resolve_config_path
 
 
@@ -42,7 +45,9 @@ def test_hash_is_stable_and_sensitive():
 def test_named_configs_resolve_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a = resolve_config_path("pretrain/tiny_cpu")
-    b = resolve_config_path("configs/pretrain/tiny_cpu.yaml")
+    b = resolve_config_path("configs/pretrain/tiny_cpu.yaml")  # the layout before the move
     assert a == b and a.is_file()
+    assert resolve_config_path("pretrain/ratio_0.5").name == "ratio_0.5.yaml"  # a dot in the name
+    assert a.parent.parent.parent == Path(vasomim.__file__).parent  # inside the package
     with pytest.raises(FileNotFoundError, match="config not found"):
         resolve_config_path("pretrain/nope")

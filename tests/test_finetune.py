@@ -237,7 +237,7 @@ def test_spt_pseudo_label_checkpoint_initialises_the_whole_network(data, tmp_pat
 
 
 def test_unet_arm_from_its_config_and_its_init_rule(data, tmp_path, capsys):
-    rc = main(["finetune", "--config", "configs/finetune/unet_cpu.yaml", "--data", str(data), "--out",
+    rc = main(["finetune", "--config", "finetune/unet_cpu", "--data", str(data), "--out",
                str(tmp_path / "u"), "--folds", "2", "--quiet", "epochs=1", "img_size=64", "base_channels=4",
                "levels=2", "device=cpu"])
     assert rc == 0, capsys.readouterr().err

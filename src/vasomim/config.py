@@ -2,8 +2,10 @@
 
 One config object flows from the command line to the engine.  Every engine declares its own
 pydantic model (``extra="forbid"``, so a typo in a YAML key is an error, not a silent default) and
-builds it with :func:`build_config`.  Named configs live in the repository's ``configs/`` folder;
-``configs/pretrain/tiny_cpu.yaml`` can be given as a path or as ``pretrain/tiny_cpu``.
+builds it with :func:`build_config`.  Named configs ship inside the package (``vasomim/configs/``,
+found with :mod:`importlib.resources`, so they are there after a plain ``pip install``):
+``pretrain/tiny_cpu`` names ``vasomim/configs/pretrain/tiny_cpu.yaml``; any other YAML file is given
+by its path.
 
 A YAML file may start with ``_base_: other.yaml`` (relative to itself) to inherit and override, which
 is how the ablations are written as small override files.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -21,7 +24,8 @@ from pydantic import BaseModel, ConfigDict
 
 T = TypeVar("T", bound=BaseModel)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# setuptools installs a package as a plain folder (never zipped), so the resource is a real path
+CONFIG_DIR = Path(str(resources.files("vasomim") / "configs"))
 
 
 class StrictModel(BaseModel):
@@ -31,12 +35,13 @@ class StrictModel(BaseModel):
 
 
 def resolve_config_path(name: str | Path) -> Path:
-    """A path as given, or a name looked up under ``configs/`` (``.yaml`` optional)."""
+    """A path as given, or a name looked up in the shipped configs (``.yaml`` optional)."""
     p = Path(name)
     if p.is_file():
         return p
-    # also "configs/pretrain/x.yaml" given from outside the repository root
-    for cand in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml"), CONFIG_DIR.parent / p):
+    # "configs/pretrain/x.yaml" (the layout before the configs moved into the package) still works
+    rel = Path(*p.parts[1:]) if p.parts[:1] == ("configs",) else p
+    for cand in (CONFIG_DIR / rel, CONFIG_DIR / f"{rel}.yaml"):  # not with_suffix: "ratio_0.5"
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"{name}: config not found (looked for the file and under {CONFIG_DIR})")

@@ -26,12 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "OUT/per_image.csv and OUT/summary.json."
         ),
         epilog=(
-            "example: vasomim finetune --config configs/finetune/vit_tiny_cpu.yaml --data data/cimat-coronary "
+            "example: vasomim finetune --config finetune/vit_tiny_cpu --data data/cimat-coronary "
             "--init runs/pretrain/checkpoint.pth --folds 5 --seeds 0,1,2 epochs=50"
         ),
     )
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. epochs=50 augment.hflip=0)")
-    p.add_argument("--config", help="YAML config (keys of FinetuneConfig), e.g. configs/finetune/vit_tiny_cpu.yaml")
+    p.add_argument("--config", help="YAML config (keys of FinetuneConfig), e.g. finetune/vit_tiny_cpu")
     p.add_argument("--data", help="labelled data: a folder (images/ + masks/, nnU-Net, ARCADE) or a YAML data spec")
     p.add_argument("--out", help="output folder")
     p.add_argument("--init", help="'scratch' or a checkpoint path")

@@ -14,16 +14,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pre-train a ViT with anatomy-guided masking and the consistency loss (VasoMIM)",
         description=(
             "Pre-train an MAE with anatomy-guided masking and the anatomical consistency loss. Settings come "
-            "from a YAML config (configs/pretrain/), then the --images/--anatomy/--out shortcuts, then "
+            "from a YAML config (a path, or a shipped name such as pretrain/tiny_cpu), then the --images/--anatomy/--out shortcuts, then "
             "key=value overrides. Multi-GPU: torchrun --nproc_per_node=N --no-python vasomim pretrain ..."
         ),
         epilog=(
-            "example: vasomim pretrain --config configs/pretrain/vasomim_vit_b16.yaml --images frames/ "
+            "example: vasomim pretrain --config pretrain/vasomim_vit_b16 --images frames/ "
             "--anatomy anatomy/ --out runs/vasomim consistency.segmentor=runs/seg/segmentor.pth"
         ),
     )
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (e.g. epochs=100 masking.beta_E=1)")
-    p.add_argument("--config", help="YAML config (keys of PretrainConfig), e.g. configs/pretrain/tiny_cpu.yaml")
+    p.add_argument("--config", help="YAML config (keys of PretrainConfig), e.g. pretrain/tiny_cpu")
     p.add_argument("--images", help="images root that `vasomim anatomy` read (data.images)")
     p.add_argument("--anatomy", help="anatomy folder holding manifest.jsonl (data.anatomy)")
     p.add_argument("--out", help="run folder (out)")

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: vasomim train-segmentor --images frames/ --anatomy anatomy/ --out runs/seg epochs=50",
     )
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. epochs=50 img_size=224)")
-    p.add_argument("--config", help="YAML config (keys of SegmentorConfig), e.g. configs/segmentor/default.yaml")
+    p.add_argument("--config", help="YAML config (keys of SegmentorConfig), e.g. segmentor/default")
     p.add_argument("--images", help="images root that `vasomim anatomy` read")
     p.add_argument("--anatomy", help="anatomy folder (holds manifest.jsonl)")
     p.add_argument("--out", help="output folder")

@@ -128,7 +128,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> 
 
 def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, device="cpu",
                 workers: int = 0, threshold: float = 0.5, progress: bool = False,
-                desc: str = "evaluate") -> EvalResult:
+                desc: str = "evaluate", mode: str = "native", tta: bool = False) -> EvalResult:
     """Predict labelled items with ``model`` and score each at its original resolution.
 
     Parameters
@@ -138,8 +138,8 @@ def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, d
     items:
         Items with masks.
     spec:
-        The network's input convention, :func:`vasomim.engines.predict.input_spec`.
-    batch_size, device, workers, progress, desc:
+        The network's input convention, :func:`vasomim.inference.input_spec`.
+    batch_size, device, workers, progress, desc, mode, tta:
         See :func:`vasomim.engines.predict.iter_predictions`.
     threshold:
         Probability at or above which a pixel is vessel.
@@ -148,7 +148,7 @@ def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, d
 
     result = EvalResult()
     for pred in iter_predictions(model, items, spec, batch_size, device, workers, with_masks=True,
-                                 progress=progress, desc=desc):
+                                 progress=progress, desc=desc, mode=mode, tta=tta):
         if pred.error is not None:
             result.failures.append(pred.error)
         else:
@@ -159,7 +159,7 @@ def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, d
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data, batch_size: int = 8,
                         device: str = "auto", workers: int = 0, threshold: float = 0.5,
-                        progress: bool = True) -> EvalResult:
+                        progress: bool = True, mode: str = "native", tta: bool = False) -> EvalResult:
     """Predict a labelled data source with a fine-tuned checkpoint and score every image.
 
     Parameters
@@ -169,21 +169,20 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data, batch_size: int = 8
     data:
         A data folder or YAML spec (anything :func:`vasomim.data.sources.load_source` takes);
         its items need masks.
-    batch_size, device, workers, threshold, progress:
+    batch_size, device, workers, threshold, progress, mode, tta:
         See :func:`score_items`; ``device="auto"`` picks CUDA when available.
     """
     from vasomim.data.sources import load_source
-    from vasomim.engines.finetune import build_model_from_checkpoint
-    from vasomim.engines.predict import resolve_device
+    from vasomim.inference import model_from_checkpoint, resolve_device
 
     dev = resolve_device(device)
-    model, config = build_model_from_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(checkpoint)
     source = load_source(data)
     labelled = [it for it in source.items if it.has_mask]
     if not labelled:
         raise ValueError(f"{data}: no images with masks to evaluate against")
     result = score_items(model.to(dev), labelled, config["input"], batch_size, dev, workers,
-                         threshold, progress)
+                         threshold, progress, mode=mode, tta=tta)
     result.failures += [f"{it.image_ref}: no reference mask" for it in source.items
                         if not it.has_mask]
     return result

@@ -15,9 +15,11 @@ Training (the paper's fine-tuning recipe): Dice + BCE loss, AdamW (lr 1e-4, wd 0
 biases and tokens), linear warm-up then half-cycle cosine per iteration, optional layer-wise lr
 decay, joint augmentation (RandomResizedCrop, flip, photometric jitter) from
 :mod:`vasomim.data.transforms`. Every ``val_every`` epochs (and before training, epoch 0, and at
-the last epoch) the held-out images are predicted at ``img_size``, the probabilities resized back
-to each image's original resolution and thresholded at 0.5, and scored with DSC and clDice
-(:mod:`vasomim.metrics`); the best-by-DSC weights are kept in ``best.pth``.
+the last epoch) the held-out images are predicted as ``vasomim predict`` does
+(:func:`vasomim.inference.predict_images`: aspect ratio kept, at the fixed scale ``img_size /``
+the median side of the training images, in windows of ``img_size``), thresholded at 0.5 at each
+image's original resolution, and scored with DSC and clDice (:mod:`vasomim.metrics`); the
+best-by-DSC weights are kept in ``best.pth``.
 
 Which weights are scored on the held-out images (``select``): ``best`` (``best.pth``, the epoch
 with the highest held-out DSC, as papers usually report; optimistic, since the held-out images
@@ -66,7 +68,8 @@ from vasomim.config import StrictModel, config_to_dict
 from vasomim.data.sources import Item
 from vasomim.engines.evaluate import (METRICS, csv_text, format_table, score_items, summarize_rows,
                                       write_atomic)
-from vasomim.engines.predict import input_spec, resolve_device
+from vasomim.inference import (build_network, input_spec, model_from_checkpoint, reference_scale,
+                               resolve_device, strip_wrappers)
 from vasomim.metrics import summarize
 
 __all__ = [
@@ -186,24 +189,6 @@ def network_spec(cfg: FinetuneConfig) -> dict:
     return spec
 
 
-def build_network(spec: dict) -> nn.Module:
-    """The segmentation network described by :func:`network_spec` (randomly initialised)."""
-    from vasomim.models.segmentation import build_segmentation_model
-
-    return build_segmentation_model(**spec)
-
-
-def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from vasomim.models.checkpoints import WRAPPER_PREFIXES
-
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
-
-
 def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
     """Fill ``model`` from ``init``; return one line per thing done (for the log).
 
@@ -234,7 +219,7 @@ def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
     if init == "scratch":
         return ["init: scratch (random weights)"]
     state, source = read_state_dict(init)
-    state = _strip(state)
+    state = strip_wrappers(state)
     if arch == "unet":
         try:
             model.load_state_dict(state, strict=True)
@@ -260,44 +245,8 @@ def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
     return notes
 
 
-def build_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a fine-tuned network from ``best.pth`` / ``last.pth`` (weights loaded, eval mode).
-
-    Parameters
-    ----------
-    path:
-        A checkpoint written by :func:`finetune`.
-
-    Returns
-    -------
-    ``(model, config)``; ``config["network"]`` rebuilt the network and ``config["input"]`` is
-    its input convention (:func:`~vasomim.engines.predict.input_spec`).
-
-    Raises
-    ------
-    FileNotFoundError, ValueError:
-        one line naming the file, when it is missing, unreadable or not a vasomim segmentation
-        checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure becomes one line naming the file
-        raise ValueError(f"{path}: cannot read as a checkpoint ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:200]})") from None
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not isinstance(config, dict) or "network" not in config or "input" not in config:
-        raise ValueError(f"{path}: not a vasomim segmentation checkpoint (no config.network/input); "
-                         "use one written by `vasomim finetune`")
-    model = build_network(config["network"])
-    try:
-        model.load_state_dict(_strip(ckpt["model"]), strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the network in its config "
-                         f"({str(exc).splitlines()[0]})") from None
-    return model.eval(), config
+#: The checkpoint loader lives in :mod:`vasomim.inference`; this name is kept for callers.
+build_model_from_checkpoint = model_from_checkpoint
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -440,9 +389,17 @@ def _transform_config(cfg: FinetuneConfig):
                            contrast=a.contrast, gamma=a.gamma, noise=a.noise)
 
 
-def _checkpoint_config(cfg: FinetuneConfig) -> dict:
+def _checkpoint_config(cfg: FinetuneConfig, scale: float | None) -> dict:
     return {**config_to_dict(cfg), "network": network_spec(cfg),
-            "input": input_spec(cfg.img_size, cfg.in_chans)}
+            "input": input_spec(cfg.img_size, cfg.in_chans, scale)}
+
+
+def _inference_scale(items: list[Item], img_size: int) -> float:
+    """:func:`~vasomim.inference.reference_scale` of the training images (sizes from their headers)."""
+    from vasomim.data.io import image_info
+
+    infos = [image_info(it.image_path) for it in items]
+    return reference_scale([(i.height, i.width) for i in infos], img_size)
 
 
 def _check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
@@ -456,9 +413,8 @@ def _check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
               "schedule is stretched from here on", file=sys.stderr)
 
 
-def _validate(model, items, cfg, device) -> dict[str, float]:
-    res = score_items(model, items, input_spec(cfg.img_size, cfg.in_chans), cfg.eval_batch_size,
-                      device)
+def _validate(model, items, cfg, device, spec: dict) -> dict[str, float]:
+    res = score_items(model, items, spec, cfg.eval_batch_size, device)
     if res.failures:
         raise ValueError(f"validation images failed: {res.failures[0]}")
     m = summarize_rows(res.rows, ("dice", "cldice"))
@@ -503,7 +459,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
     steps_per_epoch = len(loader)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     use_amp = cfg.amp and device.type == "cuda"
-    ck_config = _checkpoint_config(cfg)
+    ck_config = _checkpoint_config(cfg, _inference_scale(train_items, cfg.img_size))
 
     start_epoch, step, best, best_epoch, last_val = 0, 0, None, 0, None
     if resuming:
@@ -526,7 +482,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
             if progress:
                 print(f"[finetune] seed {seed} fold {fold}: {note}", file=sys.stderr)
         if start_epoch == 0 and val_items:
-            rec = _validate(model, val_items, cfg, device)
+            rec = _validate(model, val_items, cfg, device, ck_config["input"])
             log.log({"epoch": 0, **rec})
             last_val = rec["val_dice"]
         bar = tqdm(range(start_epoch, cfg.epochs), desc=f"seed {seed} fold {fold}", unit="epoch",
@@ -553,7 +509,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
             rec = {"epoch": done, "step": step, "lr": lr, "loss": float(np.mean(losses)),
                    "epoch_s": round(time.perf_counter() - t_epoch, 3)}
             if val_items and (done % cfg.val_every == 0 or done == cfg.epochs):
-                rec.update(_validate(model, val_items, cfg, device))
+                rec.update(_validate(model, val_items, cfg, device, ck_config["input"]))
                 last_val = rec["val_dice"]
                 if best is None or rec["val_dice"] > best:
                     best, best_epoch = rec["val_dice"], done
@@ -587,9 +543,9 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
                        str(last_path if take_last else best_path),
                        selected_epoch=cfg.epochs if take_last else best_epoch, wall_s=round(wall, 1))
     if val_items:
-        selected, _ = build_model_from_checkpoint(result.checkpoint)
-        scored = score_items(selected.to(device), val_items,
-                             input_spec(cfg.img_size, cfg.in_chans), cfg.eval_batch_size, device)
+        selected, selected_config = model_from_checkpoint(result.checkpoint)
+        scored = score_items(selected.to(device), val_items, selected_config["input"],
+                             cfg.eval_batch_size, device)
         result.rows = scored.rows
     return result, cfg.epochs - start_epoch
 

@@ -1,12 +1,12 @@
-"""Segmenting angiograms with a trained network: batched at the network's input size, out at each
-image's own resolution.
+"""Segmenting angiograms with a trained network, at each image's own geometry and resolution.
 
 Every image is read with the data module's rule (gray float in ``[0, 1]``; DICOM frames as
-``file.dcm#f012``), resized to the square input size of the network (bicubic, as in training's
-evaluation transform), normalised, and run through the network in batches. The sigmoid
-probabilities are brought back to the image's own ``(H, W)`` with :func:`vasomim.metrics.resize_to`
-(bilinear) and thresholded there (:func:`vasomim.metrics.binarize`, 0.5 by default), so masks and
-scores always live at the original resolution, whatever the network's input size.
+``file.dcm#f012``) and predicted by :func:`vasomim.inference.predict_images`: resized by the
+checkpoint's fixed scale with its aspect ratio kept, run in overlapping windows of the training
+size (padded where it is smaller), blended, and brought back to the image's own ``(H, W)``
+(``mode="resize"``: the older square squash). The probabilities are thresholded there
+(:func:`vasomim.metrics.binarize`, 0.5 by default), so masks and scores always live at the
+original resolution.
 
 A file that cannot be read does not stop a batch job: it comes back as a :class:`Prediction` with
 its one-line ``error`` and the other files go on.
@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from vasomim.data.dicom import dicom_frame_count, is_dicom_file, split_frame_id
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, write_png_atomic
 from vasomim.data.sources import Item, scan_files
-from vasomim.data.transforms import TransformConfig, build_transform
-from vasomim.metrics import binarize, resize_to
+from vasomim.inference import input_spec, model_from_checkpoint, predict_images, resolve_device
+from vasomim.metrics import binarize
 
 __all__ = [
     "InferenceDataset",
@@ -45,69 +45,33 @@ __all__ = [
     "input_spec",
     "iter_predictions",
     "predict_paths",
-    "predict_probabilities",
     "resolve_device",
 ]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def input_spec(img_size: int, in_chans: int) -> dict:
-    """The network's input convention as plain data (stored in every segmentation checkpoint).
-
-    Parameters
-    ----------
-    img_size:
-        Square side the images are resized to.
-    in_chans:
-        1 (gray) or 3 (gray replicated); selects the normalisation statistics of
-        :class:`~vasomim.data.transforms.TransformConfig`.
-
-    Returns
-    -------
-    ``{"size", "channels", "mean", "std"}``.
-    """
-    mean, std = TransformConfig(size=img_size, channels=in_chans).stats()
-    return {"size": int(img_size), "channels": int(in_chans), "mean": list(mean), "std": list(std)}
-
-
-def _eval_transform(spec: dict):
-    cfg = TransformConfig(size=spec["size"], channels=spec["channels"], mean=tuple(spec["mean"]),
-                          std=tuple(spec["std"]))
-    return build_transform(cfg, train=False)
 
 
 class InferenceDataset(Dataset):
     """Items read for inference: the network input, the original size and (optionally) the mask.
 
     A sample is a dict with ``index`` and either ``error`` (the one-line reason the file could not
-    be read) or ``image`` (FloatTensor ``(C, S, S)``), ``shape`` (the original ``(H, W)``),
-    ``mask`` (bool array at the original size, or ``None``) and ``original`` (the gray ``[0, 1]``
-    image, or ``None``). No randomness is used.
+    be read) or ``image`` (the gray ``[0, 1]`` float32 image) and ``mask`` (bool array at the
+    original size, or ``None``). No randomness is used.
 
     Parameters
     ----------
     items:
         The items to read.
     spec:
-        Input convention, see :func:`input_spec`.
+        Input convention, see :func:`~vasomim.inference.input_spec` (unused; kept for callers).
     with_masks:
         Also read each item's mask (for scoring).
     keep_images:
-        Also return the original gray image (for overlays).
+        Unused; the image is always returned (the network input is made from it).
     """
 
-    def __init__(self, items: Sequence[Item], spec: dict, with_masks: bool = False,
+    def __init__(self, items: Sequence[Item], spec: dict | None = None, with_masks: bool = False,
                  keep_images: bool = False) -> None:
         self.items = list(items)
-        self.transform = _eval_transform(spec)
         self.with_masks = with_masks
-        self.keep_images = keep_images
 
     def __len__(self) -> int:
         return len(self.items)
@@ -119,32 +83,11 @@ class InferenceDataset(Dataset):
             mask = item.load_mask(image.shape) if self.with_masks else None
         except (ValueError, OSError) as exc:  # ImageReadError is a ValueError
             return {"index": index, "error": " ".join(str(exc).split())}
-        tensor, _ = self.transform(image, None)
-        return {"index": index, "image": tensor, "shape": image.shape, "mask": mask,
-                "original": image if self.keep_images else None}
+        return {"index": index, "image": image, "mask": mask}
 
 
 def _keep_list(samples: list[dict]) -> list[dict]:
     return samples
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, images: torch.Tensor,
-                          device: torch.device | str = "cpu") -> np.ndarray:
-    """Sigmoid probabilities ``(B, S, S)`` float32 of a batch of network inputs.
-
-    Parameters
-    ----------
-    model:
-        A segmentation network giving one logit per pixel (``(B, 1, S, S)``); put in eval mode
-        by the caller.
-    images:
-        Normalised inputs ``(B, C, S, S)``.
-    device:
-        Where to run the network.
-    """
-    logits = model(images.to(device, non_blocking=True))
-    return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
 
 
 @dataclass
@@ -183,11 +126,13 @@ def iter_predictions(
     keep_images: bool = False,
     progress: bool = False,
     desc: str = "predict",
+    mode: str = "native",
+    tta: bool = False,
 ) -> Iterator[Prediction]:
     """Run ``model`` over ``items`` in batches; yield one :class:`Prediction` per item, in order.
 
-    The network runs once per batch; each probability map is then resized back to its image's
-    own size (bilinear, :func:`~vasomim.metrics.resize_to`).
+    Each batch of images goes through :func:`vasomim.inference.predict_images` (the images'
+    windows run together), and each probability map comes back at its image's own size.
 
     Parameters
     ----------
@@ -198,11 +143,11 @@ def iter_predictions(
     spec:
         Input convention of the network, see :func:`input_spec`.
     batch_size:
-        Images per forward pass.
+        Images read per step; their windows run ``4 * batch_size`` at a time.
     device:
-        Where to run the network.
+        Where to run the network (the model is moved there).
     workers:
-        DataLoader worker processes that read and resize the images.
+        DataLoader worker processes that read the images.
     with_masks:
         Read every item's mask too (a missing or unreadable mask makes the item fail).
     keep_images:
@@ -211,19 +156,21 @@ def iter_predictions(
         Show a tqdm bar on stderr.
     desc:
         Label of the progress bar.
+    mode, tta:
+        See :func:`vasomim.inference.predict_images`.
     """
     from tqdm import tqdm
 
-    model.eval()
-    dataset = InferenceDataset(items, spec, with_masks=with_masks, keep_images=keep_images)
+    model.eval().to(device)
+    dataset = InferenceDataset(items, spec, with_masks=with_masks)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_keep_list)
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, file=sys.stderr,
               leave=False) as bar:
         for samples in loader:
             good = [s for s in samples if "error" not in s]
-            probs = (predict_probabilities(model, torch.stack([s["image"] for s in good]), device)
-                     if good else [])
+            probs = predict_images(model, [s["image"] for s in good], spec, mode=mode, tta=tta,
+                                   batch_size=4 * batch_size)
             by_index = {s["index"]: (s, p) for s, p in zip(good, probs)}
             for s in samples:
                 item = dataset.items[s["index"]]
@@ -231,8 +178,8 @@ def iter_predictions(
                     yield Prediction(item, error=s["error"])
                 else:
                     sample, prob = by_index[s["index"]]
-                    yield Prediction(item, prob=resize_to(prob, sample["shape"]), mask=sample["mask"],
-                                     image=sample["original"])
+                    yield Prediction(item, prob=prob, mask=sample["mask"],
+                                     image=sample["image"] if keep_images else None)
             bar.update(len(samples))
 
 
@@ -337,6 +284,8 @@ def predict_paths(
     device: str = "auto",
     workers: int = 0,
     progress: bool = True,
+    mode: str = "native",
+    tta: bool = False,
 ) -> PredictSummary:
     """Segment files, folders and DICOM cines with a fine-tuned checkpoint (``vasomim predict``).
 
@@ -369,25 +318,27 @@ def predict_paths(
         DataLoader worker processes for reading.
     progress:
         Show a progress bar.
+    mode, tta:
+        ``native`` (geometry kept) or ``resize`` (square squash), and flip averaging; see
+        :func:`vasomim.inference.predict_images`.
 
     Returns
     -------
     :class:`PredictSummary`.
     """
     from vasomim.analysis.overlays import overlay as draw_overlay
-    from vasomim.engines.finetune import build_model_from_checkpoint
 
     if prob_bits not in (8, 16):
         raise ValueError(f"prob_bits must be 8 or 16, got {prob_bits}")
     dev = resolve_device(device)
-    model, config = build_model_from_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(checkpoint)
     model.to(dev)
     items, failures = collect_inputs(inputs)
     summary = PredictSummary(failures=list(failures))
     out = Path(out)
     scale, dtype = (255.0, np.uint8) if prob_bits == 8 else (65535.0, np.uint16)
     for pred in iter_predictions(model, items, config["input"], batch_size, dev, workers,
-                                 keep_images=overlay, progress=progress):
+                                 keep_images=overlay, progress=progress, mode=mode, tta=tta):
         if pred.error is not None:
             summary.failures.append(pred.error)
             continue

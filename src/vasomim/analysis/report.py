@@ -18,7 +18,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,16 +34,10 @@ FIGURE_DPI = 120
 
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(fh)`` on a binary temporary file beside ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from vasomim.data.io import atomic_file
+
+    with atomic_file(path) as fh:
+        write(fh)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

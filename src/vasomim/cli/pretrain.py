@@ -27,7 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="images root that `vasomim anatomy` read (data.images)")
     p.add_argument("--anatomy", help="anatomy folder holding manifest.jsonl (data.anatomy)")
     p.add_argument("--out", help="run folder (out)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pth")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint-last.pth (a changed model or image size is refused; other "
+                   "changes are logged in log.jsonl with the epoch they apply from)")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in OUT and start anew")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     values = {**({"data": data} if data else {}), **({"out": args.out} if args.out else {})}
     try:
         cfg = build_config(PretrainConfig, args.config, args.overrides, **values)
-        summary = pretrain(cfg, resume=args.resume, progress=not args.quiet)
+        summary = pretrain(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -248,21 +249,48 @@ def read_mask(
     return np.ascontiguousarray(out)
 
 
+def _naming(exc: OSError, path: Path) -> OSError:
+    """`exc` with `path` as its file name (a failed write or rename would name nothing, or the temporary)."""
+    if exc.errno is None:
+        return OSError(f"{path}: {exc}")
+    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, durable: bool = False) -> Iterator[BinaryIO]:
+    """A binary temporary file beside `path`, renamed onto `path` when the block ends without error.
+
+    A reader never sees a half-written file and a failure leaves the previous file intact: the
+    temporary file is removed, and an ``OSError`` (read-only folder, full disk, permission) names
+    `path`. ``durable`` also syncs the data to disk before the rename (checkpoints).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileExistsError as exc:  # a file where a folder of the path should be
+        raise FileExistsError(exc.errno, "a file is in the way of this output folder", exc.filename) from None
+    except OSError as exc:
+        raise (exc if exc.filename else _naming(exc, path)) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
+        raise
+
+
 def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a uint8/bool/uint16 2-D or RGB array as PNG via a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(arr).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as fh:
+        Image.fromarray(arr).save(fh, format="PNG")

@@ -18,8 +18,11 @@ once it changes.  Masks are written to a temporary file then renamed, so a mask 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
+import threading
+import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -157,8 +160,37 @@ def _record_failed(rel, reason, path: Path) -> dict:
     return {"file": rel, "status": "failed", "error": reason, "size": size, "mtime_ns": mtime}
 
 
-def _worker_init() -> None:
-    """One thread per worker process: the processes are the parallelism (no oversubscription)."""
+def _die_with_parent(parent_pid: int, start_method: str) -> None:
+    """End this worker process when the process that started it dies, even by SIGKILL.
+
+    Otherwise an orphaned worker would wait forever on its task queue, or write masks that no
+    manifest line records. On Linux the kernel kills the worker with its parent
+    (``prctl(PR_SET_PDEATHSIG)``); on every platform a daemon thread also polls the parent pid,
+    which changes when the parent dies and the worker is re-parented.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    parent = os.getppid()
+    if start_method == "fork" and parent != parent_pid:  # died before the prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vasomim-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int, start_method: str) -> None:
+    """Die with the parent; one thread per worker process: the processes are the parallelism."""
+    _die_with_parent(parent_pid, start_method)
     try:
         import cv2
 
@@ -178,6 +210,8 @@ def process_one(args: tuple[str, str, str, str, dict]) -> dict:
         return _record_ok(rel, mask_rel, res, img.shape, _stat(src))
     except ImageReadError as exc:
         return _record_failed(rel, str(exc), src)
+    except OSError:  # the output failed (full disk, read-only): not this image's fault, stop the run
+        raise
     except Exception as exc:  # a bug or an odd file must not stop a 170k-image run
         return _record_failed(rel, f"{src}: {type(exc).__name__}: {exc}", src)
 
@@ -260,7 +294,10 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
             workers = cfg.workers or (os.cpu_count() or 1)
             jobs = [(str(in_root), str(out_root), rel, mask_rel, params) for rel, mask_rel in todo]
             if workers > 1 and len(jobs) > 1:
-                pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_worker_init)
+                context = multiprocessing.get_context()
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                                           initializer=_worker_init,
+                                           initargs=(os.getpid(), context.get_start_method()))
                 records = pool.map(process_one, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
             else:
                 pool = None

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,20 +90,21 @@ def reduce_mean(value: torch.Tensor) -> torch.Tensor:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` to a temporary file next to `path`, then rename it over `path`.
 
-    A reader never sees a half-written file, and a crash leaves the previous file intact.
+    A reader never sees a half-written file, and a crash leaves the previous file intact
+    (:func:`vasomim.data.io.atomic_file`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from vasomim.data.io import atomic_file
+
+    with atomic_file(path, durable=True) as fh:
+        torch.save(obj, fh)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 `text` to `path` through a temporary file and a rename (never a half file)."""
+    from vasomim.data.io import atomic_file
+
+    with atomic_file(path) as fh:
+        fh.write(text.encode("utf-8"))
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,22 +8,27 @@ baseline and every ablation are the same code with other settings (``configs/pre
 Run folder (``out``, default ``runs/pretrain/<name>``):
 
 ``config.json``
-    the configuration as plain data.
+    the configuration the run started with, as plain data (a resume never rewrites it).
 ``log.jsonl``
     one line per epoch: ``epoch`` (epochs done), ``step`` (optimizer steps done), per-epoch means of
     ``lr``, ``beta``, ``loss``, ``rec``, ``cons`` (``null`` when the consistency loss is off),
     ``vessel_share_masked`` (share of vessel-containing patches among the masked ones, the paper's
     Fig. 3a) and ``vessel_share_all`` (among all patches), and ``time`` (seconds for the epoch).
-    Vessel-containing means: at least one anatomy-mask pixel in the patch.
+    Vessel-containing means: at least one anatomy-mask pixel in the patch. A resume with changed
+    settings adds an event line ``{"event": "config_changed", "from_epoch": e, "changes": {key: [old,
+    new]}}``: the new values apply from epoch ``e`` on.
 ``checkpoint-last.pth``
     every ``save_every`` epochs and at the end: ``model`` (MAE state dict), ``optimizer``,
-    ``epoch`` (epochs done), ``step``, ``config``, ``rng`` (Python/NumPy/torch states).
+    ``epoch`` (epochs done), ``step``, ``config`` (what its last epoch ran with), ``rng``
+    (Python/NumPy/torch states).
 ``checkpoint-final.pth``
     at the end: ``model``, ``config``, ``epoch``, ``step`` (what fine-tuning loads).
 ``tensorboard/``
     with ``tensorboard: true`` and the package installed.
 
 Every checkpoint is written atomically and loads with ``torch.load(path, weights_only=True)``.
+A folder that holds a run is only reused with ``resume`` (which refuses a change to the weights'
+shapes, :data:`SHAPE_KEYS`) or ``overwrite`` (which deletes the run's files first).
 
 Reproducibility. Every random choice of a training step is a function of the seed and of where
 the step is in the run, never of the process that makes it:
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -65,6 +71,11 @@ from vasomim.masking import guided_mask, masked_vessel_share, patch_distribution
 SEGMENTOR_MULTIPLE = 32  # UNeXt-S downsamples five times
 # per-micro-batch values averaged into the epoch's log record
 LOSS_TERMS = ("loss", "rec", "cons", "vessel_share_masked", "vessel_share_all")
+# settings that fix the shapes of the weights: a resumed run cannot change them
+SHAPE_KEYS = ("data.img_size", "data.in_chans", "model.size", "model.embed_dim", "model.depth",
+              "model.num_heads", "model.patch_size", "model.decoder_embed_dim", "model.decoder_depth",
+              "model.decoder_num_heads")
+RUN_FILES = ("checkpoint-last.pth", "checkpoint-final.pth", "log.jsonl", "config.json")
 
 
 class DataConfig(StrictModel):
@@ -376,23 +387,65 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+def _dotted(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def resume_changes(old: dict, new: dict, source: Path) -> dict[str, list]:
+    """``{key: [old, new]}`` for the settings that differ between a checkpoint's config and this run's.
+
+    Raises:
+        ValueError: one line naming the first key of :data:`SHAPE_KEYS` that differs (the
+            checkpoint's weights would not fit the new model).
+    """
+    changes = {k: [_dotted(old, k), _dotted(new, k)] for k in _config_changes(old, new)}
+    for key in SHAPE_KEYS:
+        if key in changes:
+            before, now = changes[key]
+            raise ValueError(f"{source}: cannot resume with {key}={now}: the run was trained with {key}={before} "
+                             "and the weights' shapes depend on it (keep it, or start a new run with another "
+                             "out or --overwrite)")
+    return changes
+
+
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Refuse a folder that holds a run unless resuming or overwriting; overwriting deletes its files."""
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if resume and overwrite:
+        raise ValueError("give either --resume or --overwrite, not both")
+    if not held or resume:
+        return
+    if not overwrite:
+        raise ValueError(f"{run_dir}: holds a previous run ({', '.join(held)}); pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another out")
+    if is_main:
+        for name in held:
+            (run_dir / name).unlink()
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
 def _truncate_log(path: Path, epochs_done: int) -> None:
-    """Keep the log lines of epochs up to `epochs_done` (a resumed run redoes the later ones)."""
+    """Keep the log lines of epochs up to `epochs_done` (a resumed run redoes the later ones).
+
+    An event line is kept when it applies from an epoch up to `epochs_done`."""
     if not path.is_file():
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("epoch", 0) <= epochs_done:
+            rec = json.loads(line)
+            if rec.get("from_epoch", rec.get("epoch", 0)) <= epochs_done:
                 kept.append(line)
         except json.JSONDecodeError:  # a line torn by the interruption
             continue
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    from vasomim.engines.common import write_text_atomic
+
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Pre-train a VasoMIM (or MAE) model; see the module doc for outputs and reproducibility.
 
     Under torchrun every process calls this; rank 0 logs and writes files.
@@ -402,6 +455,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         resume: continue from ``<run_dir>/checkpoint-last.pth`` when it exists (model, optimizer,
             epoch, RNG; the schedules, sample order, augmentations and masks follow).
         progress: show a tqdm bar per epoch (rank 0).
+        overwrite: delete the run in ``run_dir`` and start anew (without it or ``resume``, a folder
+            that holds a run is an error).
 
     Returns:
         ``run_dir``, ``checkpoint`` (final), ``epochs``, ``start_epoch``, ``steps``, ``world_size``,
@@ -416,7 +471,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     from vasomim.data.transforms import build_transform
     from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr,
                                         init_distributed, param_groups_weight_decay, reduce_mean, rng_state,
-                                        seed_everything, set_rng_state)
+                                        seed_everything, set_rng_state, write_text_atomic)
     from vasomim.masking import beta_at
 
     t_start = time.perf_counter()
@@ -425,6 +480,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     try:
         device, rank, world = dist.device, dist.rank, dist.world_size
         run_dir = cfg.run_dir
+        claim_run_dir(run_dir, resume, overwrite, dist.is_main)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -464,19 +520,21 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
 
         # -- resume
         plain_cfg = config_to_dict(cfg)
-        start_epoch, step = 0, 0
+        ckpt_cfg = plain_cfg  # the config of the last finished epoch: what checkpoints record
+        start_epoch, step, changes = 0, 0, {}
         last_path = run_dir / "checkpoint-last.pth"
         if resume and last_path.is_file():
             ck = torch.load(last_path, map_location="cpu", weights_only=True)
+            ckpt_cfg = ck["config"]
+            changes = resume_changes(ckpt_cfg, plain_cfg, last_path)
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             start_epoch, step = ck["epoch"], ck["step"]
             set_rng_state(ck["rng"])
             if dist.is_main:
-                changed = _config_changes(ck["config"], plain_cfg)
-                if changed:
-                    print(f"[pretrain] warning: resuming with settings changed since the checkpoint: "
-                          f"{', '.join(changed)}", file=sys.stderr)
+                if changes:
+                    print(f"[pretrain] note: settings changed since the checkpoint apply from epoch "
+                          f"{start_epoch + 1}: {', '.join(changes)} (logged in log.jsonl)", file=sys.stderr)
                 print(f"[pretrain] resumed from {last_path} at epoch {start_epoch}", file=sys.stderr)
         elif resume and dist.is_main:
             print(f"[pretrain] no {last_path}; starting from scratch", file=sys.stderr)
@@ -488,9 +546,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
                   f"lr {lr:.3g}, {steps_per_epoch} steps/epoch, segmentor {'on' if segmentor else 'off'}",
                   file=sys.stderr)
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(json.dumps(plain_cfg, indent=2), encoding="utf-8")
+            if start_epoch == 0:  # a resumed run keeps the config its first epochs ran with
+                write_text_atomic(run_dir / "config.json", json.dumps(plain_cfg, indent=2))
             _truncate_log(run_dir / "log.jsonl", start_epoch)
             log = JsonlLogger(run_dir / "log.jsonl")
+            if changes and start_epoch < cfg.epochs:
+                log.log({"event": "config_changed", "from_epoch": start_epoch + 1, "changes": changes})
             if cfg.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -502,13 +563,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
 
         def save_last(epochs_done: int) -> None:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "epoch": epochs_done, "step": step, "config": plain_cfg, "rng": rng_state()},
+                               "epoch": epochs_done, "step": step, "config": ckpt_cfg, "rng": rng_state()},
                               last_path)
 
         # -- training
         record = None
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
+            ckpt_cfg = plain_cfg
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             mask_gen = torch.Generator(device).manual_seed(mix_seed(cfg.seed, epoch))
@@ -566,7 +628,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
 
         final_path = run_dir / "checkpoint-final.pth"
         if dist.is_main:
-            atomic_torch_save({"model": model.state_dict(), "config": plain_cfg, "epoch": cfg.epochs, "step": step},
+            atomic_torch_save({"model": model.state_dict(), "config": ckpt_cfg, "epoch": cfg.epochs, "step": step},
                               final_path)
         return {"run_dir": str(run_dir), "checkpoint": str(final_path), "epochs": cfg.epochs,
                 "start_epoch": start_epoch, "steps": step, "world_size": world, "effective_batch_size": eff_batch,

@@ -65,11 +65,9 @@ class EvalResult:
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (never a half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from vasomim.engines.common import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _stem_index(root: Path) -> dict[str, str]:

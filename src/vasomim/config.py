@@ -107,3 +107,8 @@ def config_hash(*parts: Any) -> str:
 
     blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def validation_summary(exc: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``key.sub: message; other: message``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())

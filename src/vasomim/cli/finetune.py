@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from vasomim.config import build_config
+    from vasomim.config import build_config, validation_summary
     from vasomim.engines.finetune import FinetuneConfig, finetune, format_results
 
     values = {k: v for k, v in dict(
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = build_config(FinetuneConfig, args.config, args.overrides, **values)
         summary = finetune(cfg, resume=args.resume, progress=not args.quiet, stop_after=args.stop_after)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        problems = validation_summary(exc)
         print(f"error: invalid finetune config: {problems}"
               + (" (give --data DIR or data: in the config)" if "data: Field required" in problems else ""),
               file=sys.stderr)

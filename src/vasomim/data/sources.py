@@ -771,11 +771,13 @@ class AnatomySource(Source):
         items, failed = [], []
         for file in sorted(entries):
             rec = entries[file]
-            if rec.get("status") != "ok" or not rec.get("mask"):
+            # a suspect mask (too small, or along the collimator's edge) is still a mask: its image
+            # stays in the corpus, and the manifest and the run summary have already said why
+            if rec.get("status") not in ("ok", "suspect") or not rec.get("mask"):
                 failed.append(str(rec.get("error") or file))
                 continue
             base, frame = split_frame_id(file)
-            meta = {k: rec[k] for k in ("vessel_fraction", "threshold") if k in rec}
+            meta = {k: rec[k] for k in ("vessel_fraction", "threshold", "recipe", "fov_fraction") if k in rec}
             items.append(
                 Item(file, str(self.images_dir / base), str(self.anatomy_dir / rec["mask"]), frame=frame, meta=meta)
             )

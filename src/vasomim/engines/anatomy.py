@@ -32,7 +32,7 @@ from typing import Iterable
 import numpy as np
 from pydantic import Field, field_validator
 
-from vasomim.anatomy import DEFAULT_ALPHA, DEFAULT_BORDER, DEFAULT_SIGMAS, anatomy_details
+from vasomim.anatomy import DEFAULT_ALPHA, DEFAULT_BORDER, DEFAULT_RECIPE, DEFAULT_SIGMAS, RECIPES, anatomy_details
 from vasomim.config import StrictModel
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_png_atomic
 
@@ -40,6 +40,7 @@ from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_pn
 class AnatomyConfig(StrictModel):
     """Parameters of ``vasomim anatomy`` (see :func:`vasomim.anatomy.extract_anatomy`)."""
 
+    recipe: str = Field(DEFAULT_RECIPE, description="fov (field-of-view aware, default), paper or official")
     alpha: float = Field(DEFAULT_ALPHA, ge=0, le=100, description="percentile threshold of the vesselness map")
     border: int = Field(DEFAULT_BORDER, ge=0, description="pixels zeroed at the map's border")
     sigmas: tuple[float, ...] = Field(DEFAULT_SIGMAS, description="Hessian scales in pixels")
@@ -47,6 +48,13 @@ class AnatomyConfig(StrictModel):
     device: str = Field("cpu", description="cpu, or cuda[:k] for batched extraction on a GPU")
     batch_size: int = Field(16, ge=1, description="images per batch on a GPU")
     shard: str = Field("0/1", description="i/n: process only the files of shard i out of n")
+
+    @field_validator("recipe")
+    @classmethod
+    def _check_recipe(cls, v: str) -> str:
+        if v not in RECIPES:
+            raise ValueError(f"unknown recipe {v!r}; use one of {', '.join(RECIPES)}")
+        return v
 
     @field_validator("shard")
     @classmethod
@@ -126,6 +134,7 @@ class AnatomySummary:
     processed: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    suspect: list[tuple[str, str]] = field(default_factory=list)
     previous_failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -139,17 +148,23 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def _record_ok(rel, mask_rel, res, shape, stat) -> dict:
-    return {
+    """The manifest line of a written mask: ``ok``, or ``suspect`` with the reason."""
+    rec = {
         "file": rel,
-        "status": "ok",
+        "status": "suspect" if res.suspect else "ok",
         "mask": mask_rel,
+        "recipe": res.recipe,
         "vessel_fraction": round(res.vessel_fraction, 6),
+        "fov_fraction": round(res.fov_fraction, 6),
         "threshold": float(res.threshold),
         "height": int(shape[0]),
         "width": int(shape[1]),
         "size": stat[0],
         "mtime_ns": stat[1],
     }
+    if res.suspect:
+        rec["reason"] = f"{rel}: {res.suspect}"
+    return rec
 
 
 def _record_failed(rel, reason, path: Path) -> dict:
@@ -205,7 +220,7 @@ def process_one(args: tuple[str, str, str, str, dict]) -> dict:
     src = Path(in_root) / rel
     try:
         img = read_image(src) * 255.0
-        res = anatomy_details(img, params["alpha"], params["border"], params["sigmas"])
+        res = anatomy_details(img, **params)
         write_png_atomic(Path(out_root) / mask_rel, res.mask)
         return _record_ok(rel, mask_rel, res, img.shape, _stat(src))
     except ImageReadError as exc:
@@ -236,7 +251,7 @@ def _process_batched(in_root: Path, out_root: Path, todo: list[tuple[str, str]],
     def flush(shape):
         group = pending.pop(shape)
         batch = torch.from_numpy(np.stack([g[2] for g in group])[:, None]).to(device)
-        results = anatomy_details(batch, cfg.alpha, cfg.border, cfg.sigmas)
+        results = anatomy_details(batch, recipe=cfg.recipe, alpha=cfg.alpha, border=cfg.border, sigmas=cfg.sigmas)
         for (rel, mask_rel, img, _), res in zip(group, results):
             write_png_atomic(out_root / mask_rel, res.mask)
             yield _record_ok(rel, mask_rel, res, img.shape, _stat(in_root / rel))
@@ -269,7 +284,8 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
     todo: list[tuple[str, str]] = []
     for rel in files:
         rec = done.get(rel)
-        if rec and rec.get("status") == "ok" and (out_root / rec["mask"]).is_file():
+        if rec and rec.get("status") in ("ok", "suspect") and rec.get("recipe", "paper") == cfg.recipe \
+                and (out_root / rec["mask"]).is_file():
             summary.skipped += 1
             continue
         if rec and rec.get("status") == "failed":
@@ -283,7 +299,7 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
                 continue
         todo.append((rel, names[rel]))
 
-    params = {"alpha": cfg.alpha, "border": cfg.border, "sigmas": tuple(cfg.sigmas)}
+    params = {"recipe": cfg.recipe, "alpha": cfg.alpha, "border": cfg.border, "sigmas": tuple(cfg.sigmas)}
     manifest = out_root / manifest_name(shard)
     bar = tqdm(total=len(todo), desc="anatomy", unit="img", disable=not progress or not todo, file=sys.stderr)
     with open(manifest, "a", encoding="utf-8") as log:
@@ -306,8 +322,11 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
             for rec in records:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-                if rec["status"] == "ok":
+                if rec["status"] in ("ok", "suspect"):
                     summary.processed += 1
+                    if rec["status"] == "suspect":
+                        summary.suspect.append((rec["file"], rec["reason"]))
+                        bar.write(f"suspect: {rec['reason']}", file=sys.stderr)
                 else:
                     summary.failures.append((rec["file"], rec["error"]))
                     bar.write(f"failed: {rec['error']}", file=sys.stderr)

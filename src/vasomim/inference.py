@@ -194,14 +194,10 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         one line naming the file, when it is missing, unreadable or not a vasomim segmentation
         checkpoint.
     """
+    from vasomim.models.checkpoints import load_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure becomes one line naming the file
-        raise ValueError(f"{path}: cannot read as a checkpoint ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:200]})") from None
+    ckpt = load_checkpoint(path)  # one line naming the file for a missing, foreign or unsafe file
     config = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not isinstance(config, dict) or "network" not in config or "input" not in config:
         raise ValueError(f"{path}: not a vasomim segmentation checkpoint (no config.network/input); "

@@ -70,11 +70,14 @@ def split_items(items: list, val_fraction: float, seed: int) -> tuple[list, list
 
 def load_segmentor(path: str | Path, device: str | torch.device = "cpu"):
     """A UNeXt-S from a plain state dict (the published checkpoint) or a vasomim segmentor checkpoint."""
+    from vasomim.models.checkpoints import load_checkpoint
     from vasomim.models.unext import UNeXt
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)  # one line naming the file for a missing, foreign or unsafe file
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a UNeXt-S state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model = UNeXt()
     try:

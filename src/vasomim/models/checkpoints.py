@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -57,6 +59,7 @@ __all__ = [
     "encoder_state_dict",
     "export_encoder",
     "interpolate_pos_embed",
+    "load_checkpoint",
     "load_encoder_weights",
     "read_state_dict",
 ]
@@ -117,6 +120,62 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
+_UNSAFE = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_FILE_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"BM", "a BMP image"),
+               (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"PK\x03\x04", "a damaged zip archive"),
+               (b"\x93NUMPY", "a NumPy array file"))
+
+
+def _what_file(path: Path) -> str:
+    """A few words on what `path` is, from its first bytes (for 'not a checkpoint' messages)."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if not head:
+        return "an empty file"
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    for magic, kind in _FILE_KINDS:
+        if head.startswith(magic):
+            return kind
+    return "not a PyTorch or safetensors file"
+
+
+def load_checkpoint(path: str | Path) -> object:
+    """What a checkpoint file holds, read safely: ``.safetensors``, or ``torch.load(weights_only=True)``.
+
+    Every failure is one line naming the file: a missing file, a file that is no checkpoint (an
+    image, a damaged archive, ...) or one that holds Python objects that loading would have to
+    run. Such a file is refused, never loaded another way.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a checkpoint, or not a safe one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise ValueError(f"{path}: not a safetensors checkpoint ({reason})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _UNSAFE.search(str(exc))
+        if unsafe:
+            raise ValueError(f"{path}: refused: the checkpoint holds Python objects ({unsafe.group(1)}) that loading "
+                             "would run; vasomim loads checkpoints of tensors and plain data only") from None
+        raise ValueError(f"{path}: not a checkpoint ({_what_file(path)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        kind = _what_file(path)
+        detail = "damaged or truncated" if kind == "a damaged zip archive" else kind
+        raise ValueError(f"{path}: not a checkpoint ({detail}; {type(exc).__name__})") from None
+
+
 def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torch.Tensor], str]:
     """Read a state dict from a file or a dict, unwrapping ``model`` / ``state_dict``.
 
@@ -139,20 +198,8 @@ def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torc
     if isinstance(path_or_state, Mapping):
         obj, source = path_or_state, "<state dict>"
     else:
-        path = Path(path_or_state)
-        source = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{source}: no such checkpoint file")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                obj = load_file(str(path), device="cpu")
-            else:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any reader failure becomes one clear line naming the file
-            raise ValueError(f"{source}: cannot read as a checkpoint ({type(exc).__name__}: "
-                             f"{exc})") from exc
+        source = str(path_or_state)
+        obj = load_checkpoint(path_or_state)
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

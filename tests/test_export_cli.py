@@ -12,7 +12,7 @@ import torch
 from vasomim.cli import main
 from vasomim.cli.export import heads_from_config
 from vasomim.engines.finetune import FinetuneConfig, build_network, network_spec
-from vasomim.engines.predict import input_spec
+from vasomim.inference import input_spec
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +79,54 @@ def test_heads_from_config_and_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "x.pth"), "--to", str(tmp_path / "e.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "x.pth" in err and "\n" not in err
+
+
+def test_encoder_json_gives_timm_the_training_preprocessing(tmp_path, capsys):
+    """Without encoder.json timm normalises with 0.5/0.5 at 224, crop 0.9; with it, as trained."""
+    import json
+
+    from timm.data import resolve_data_config
+
+    _segmentation_checkpoint(tmp_path / "best.pth", depth=2)
+    out = tmp_path / "encoder.safetensors"
+    assert main(["export", str(tmp_path / "best.pth"), "--to", str(out)]) == 0
+    assert "pretrained_cfg_overlay=dict(json.load(open(" in capsys.readouterr().out
+    cfg = json.loads(out.with_suffix(".json").read_text())
+    assert cfg["architecture"] == "vit_tiny_patch16_224" and cfg["file"] == "encoder.safetensors"
+    kwargs = dict(pretrained=True, num_classes=0, depth=2, img_size=64)
+    bare = timm.create_model(cfg["architecture"], pretrained_cfg_overlay=dict(file=str(out)), **kwargs)
+    assert resolve_data_config(model=bare)["mean"] != (0.449,) * 3  # timm's own defaults
+    model = timm.create_model(cfg["architecture"], pretrained_cfg_overlay=dict(cfg, file=str(out)), **kwargs)
+    data = resolve_data_config(model=model)
+    gray = input_spec(64, 1)
+    assert data["mean"] == pytest.approx(tuple(gray["mean"] * 3))
+    assert data["std"] == pytest.approx(tuple(gray["std"] * 3))
+    assert tuple(data["input_size"]) == (3, 64, 64) and data["crop_pct"] == 1.0
+
+
+@pytest.mark.parametrize("arch", ["vit_unet", "unet"])
+def test_model_folder_and_onnx_equal_the_checkpoint(tmp_path, capsys, arch):
+    import numpy as np
+
+    import vasomim
+
+    net = dict(depth=2, embed_dim=64, num_heads=2) if arch == "vit_unet" else dict(arch="unet", base_channels=4, levels=2)
+    model = _segmentation_checkpoint(tmp_path / "best.pth", **net)
+    assert main(["export", str(tmp_path / "best.pth"), "--to", str(tmp_path / "exp")]) == 0
+    folder = tmp_path / "exp" / "model"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = vasomim.load_model(folder, device="cpu")
+    assert loaded.input_spec == input_spec(64, 1)
+    x = torch.randn(2, 1, 64, 96)  # not the training square: the exports must follow the size
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(loaded(x), want, rtol=0, atol=0)
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the 'onnx' extra) is not installed")
+    session = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for shape in [(2, 1, 64, 96), (1, 1, 128, 48), (1, 1, 64, 64)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

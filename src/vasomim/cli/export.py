@@ -1,4 +1,11 @@
-"""``vasomim export CHECKPOINT --to encoder.safetensors``: the ViT encoder in timm naming."""
+"""``vasomim export CHECKPOINT --to encoder.safetensors | DIR``: the encoder for timm, the whole network.
+
+``--to X.safetensors`` (or ``.pth``) writes the ViT encoder in timm naming plus ``X.json``, its timm
+``pretrained_cfg`` (architecture, mean, std, input_size, crop_pct 1.0). ``--to DIR`` writes
+``DIR/encoder.safetensors`` + ``DIR/encoder.json`` and, for a fine-tuned checkpoint,
+``DIR/model/`` (``model.safetensors`` + ``config.json``, what :func:`vasomim.load_model` reads, no
+pickle) and ``DIR/model.onnx`` (dynamic batch, height and width; needs the ``onnx`` extra).
+"""
 
 from __future__ import annotations
 
@@ -93,31 +100,86 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: vasomim export runs/pretrain/checkpoint.pth --to encoder.safetensors",
     )
     p.add_argument("checkpoint", help="checkpoint file (.pth/.pt/.safetensors)")
-    p.add_argument("--to", required=True, help="output file (.safetensors, or .pth for a torch.save state dict)")
+    p.add_argument("--to", required=True,
+                   help="encoder file (.safetensors, or .pth for a torch.save state dict), with its timm "
+                        "pretrained_cfg as .json beside it; or a folder for encoder + model/ + model.onnx")
+    p.add_argument("--no-onnx", action="store_true", help="with a folder: skip model.onnx")
     p.add_argument("--in-chans", type=int, choices=(1, 3), default=3,
                    help="input channels of the exported patch embedding (default 3, the timm layout)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _config_of(checkpoint: str):
     import torch
 
-    from vasomim.models.checkpoints import export_encoder, read_state_dict
+    if checkpoint.endswith(".safetensors"):
+        return None
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return ckpt.get("config") if isinstance(ckpt, dict) else None
 
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vasomim.models.checkpoints import encoder_pretrained_cfg, export_encoder, read_state_dict
+
+    to = Path(args.to)
+    folder = to.suffix.lower() not in (".safetensors", ".pth", ".pt")
+    enc_path = to / "encoder.safetensors" if folder else to
     try:
-        out = export_encoder(args.checkpoint, args.to, in_chans=args.in_chans)
+        config = _config_of(args.checkpoint)
+        if folder and isinstance(config, dict) and config.get("network", {}).get("arch") == "unet":
+            print("note: a CNN U-Net has no ViT encoder; exporting the whole network only")
+            return _export_network(args, config, to)
+        out = export_encoder(args.checkpoint, enc_path, in_chans=args.in_chans)
         state, _ = read_state_dict(out)
+        grid = math.isqrt(state["pos_embed"].shape[1] - 1)
+        arch = TIMM_SIZES.get(state["patch_embed.proj.weight"].shape[0], ("vit_base_patch16_224",))[0]
+        cfg = encoder_pretrained_cfg(arch, config, args.in_chans, grid)
+        cfg["file"] = out.name
+        out.with_suffix(".json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    config = None
-    if not args.checkpoint.endswith(".safetensors"):
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        config = ckpt.get("config") if isinstance(ckpt, dict) else None
     heads = heads_from_config(config, state["patch_embed.proj.weight"].shape[0])
-    print(f"export: {len(state)} encoder tensors written to {out}")
+    print(f"export: {len(state)} encoder tensors written to {out}, its timm pretrained_cfg to "
+          f"{out.with_suffix('.json')}")
     if heads is None:
         print("note: the checkpoint does not record the attention heads; assuming width / 64")
     print("load it in timm (offline) with:")
     print(f"  import timm; model = {timm_one_liner(state, str(out), args.in_chans, heads)}")
+    print("and with the training preprocessing for timm.data.resolve_data_config(model=model), pass")
+    print(f"  pretrained_cfg_overlay=dict(json.load(open(\"{out.with_suffix('.json')}\")), "
+          f"file=\"{out}\")")
+    if folder:
+        return _export_network(args, config, to)
+    return 0
+
+
+def _export_network(args: argparse.Namespace, config, to) -> int:
+    """``DIR/model/`` and ``DIR/model.onnx`` of a fine-tuned checkpoint."""
+    from vasomim.inference import model_from_checkpoint
+    from vasomim.models.checkpoints import export_model_folder, export_onnx
+
+    if not (isinstance(config, dict) and "network" in config and "input" in config):
+        print("note: not a fine-tuned segmentation checkpoint; only the encoder was exported")
+        return 0
+    try:
+        model, config = model_from_checkpoint(args.checkpoint)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    folder = export_model_folder(model, config, to / "model")
+    print(f"export: the segmentation network to {folder} (vasomim.load_model(\"{folder}\"))")
+    if args.no_onnx:
+        return 0
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        print("note: model.onnx skipped: install the onnx extra (pip install 'vasomim[onnx]')")
+        return 0
+    path = export_onnx(model, config["input"], to / "model.onnx")
+    print(f"export: {path} (input 'image' normalised (B, C, H, W), H and W multiples of the grid; "
+          "output 'logits')")
     return 0

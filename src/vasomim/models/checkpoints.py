@@ -431,3 +431,79 @@ def export_encoder(
     else:
         torch.save(tensors, out)
     return out
+
+
+# ----------------------------------------------------------------------------- standard exports
+
+
+def encoder_pretrained_cfg(architecture: str, config: Mapping | None, in_chans: int,
+                           grid: int) -> dict:
+    """timm ``pretrained_cfg`` of an exported encoder: how its inputs were normalised in training.
+
+    ``mean``/``std`` come from the checkpoint's input convention (``config["input"]`` of a
+    fine-tuned model, ``config["data"]`` of a pre-training run; the gray or ImageNet defaults
+    otherwise), repeated to ``in_chans`` values when a gray model is exported for 3 channels.
+    ``input_size`` is the training square (``grid * 16`` when the config does not say), and
+    ``crop_pct=1.0``: the whole image, no centre crop.
+    """
+    from vasomim.data.transforms import TransformConfig
+
+    config = config or {}
+    section = config.get("input") or config.get("data") or {}
+    size = section.get("size") or section.get("img_size") or grid * 16
+    channels = int(section.get("channels") or section.get("in_chans") or 1)
+    mean, std = section.get("mean"), section.get("std")
+    if not mean or not std:
+        mean, std = TransformConfig(size=int(size), channels=channels).stats()
+    if len(mean) != in_chans:
+        if len(mean) != 1:
+            raise ValueError(f"cannot give {len(mean)}-channel statistics {list(mean)} to "
+                             f"{in_chans} input channels")
+        mean, std = list(mean) * in_chans, list(std) * in_chans
+    return {"architecture": architecture, "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std], "input_size": [in_chans, int(size), int(size)],
+            "crop_pct": 1.0, "crop_mode": "center", "interpolation": "bicubic", "num_classes": 0,
+            "file": "encoder.safetensors"}
+
+
+def export_model_folder(model: nn.Module, config: Mapping, out_dir: str | Path) -> Path:
+    """Write the whole segmentation network as ``model.safetensors`` + ``config.json`` (no pickle).
+
+    ``config`` holds ``network`` (the architecture) and ``input`` (the input convention);
+    :func:`vasomim.load_model` reads the folder back.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from vasomim.inference import MODEL_FORMAT
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    meta = {"format": MODEL_FORMAT, "version": 1, "network": dict(config["network"]),
+            "input": dict(config["input"])}
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def export_onnx(model: nn.Module, spec: Mapping, out_path: str | Path, opset: int = 17) -> Path:
+    """Write the segmentation network as ONNX: ``image (B, C, H, W)`` normalised -> ``logits (B, 1, H, W)``.
+
+    Batch, height and width are dynamic; H and W must be multiples of the network's grid (16 for
+    the ViT U-Net), as for the torch model. Needs the ``onnx`` extra.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().to("cpu")
+    size = int(spec["size"])
+    # traced at a size other than the training grid, so that the position-embedding resampling
+    # (skipped by a Python branch at the training size) is part of the graph for every size
+    dummy = torch.zeros(1, int(spec["channels"]), size + 16, size + 32)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with torch.no_grad():
+        torch.onnx.export(model, (dummy,), str(out), input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
+                          opset_version=opset, dynamo=False)
+    return out

@@ -15,7 +15,9 @@
   one logit per pixel.
 
 Inputs of any size divisible by 16 are accepted; for a size other than ``img_size`` the position
-embeddings are resampled on the fly (timm's ``dynamic_img_size``).
+embeddings are resampled on the fly to the input's patch grid (:class:`GridViT`: bicubic, no
+anti-aliasing, as :func:`~vasomim.models.checkpoints.interpolate_pos_embed` does for checkpoints,
+and an operator that ONNX exports).
 :func:`param_groups_lrd` builds optimizer parameter groups with layer-wise lr decay.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -31,6 +34,7 @@ from vasomim.models.unet import ConvBlock, UNet, UpBlock, make_norm
 from vasomim.models.vit import VIT_SIZES, vit_dims
 
 __all__ = [
+    "GridViT",
     "PATCH_SIZE",
     "VIT_SIZES",
     "ViTUNet",
@@ -56,6 +60,30 @@ def default_taps(depth: int) -> tuple[int, int, int, int]:
         (2 -> 1, 1, 2, 2).
     """
     return tuple(-(-depth * k // 4) for k in range(1, 5))  # type: ignore[return-value]
+
+
+class GridViT(VisionTransformer):
+    """timm's ``VisionTransformer`` whose position embeddings follow any patch grid.
+
+    timm's own resampling (``dynamic_img_size``) is anti-aliased, which ONNX cannot export; here the
+    grid part is resampled bicubically without anti-aliasing (identical when the grid grows, the
+    MAE convention when it shrinks). At the training grid nothing is resampled. Parameter names
+    are timm's, so checkpoints load unchanged.
+    """
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dynamic_img_size or self.no_embed_class or self.reg_token is not None:
+            return super()._pos_embed(x)
+        b, h, w, c = x.shape
+        pos = self.pos_embed
+        gh, gw = self.patch_embed.grid_size
+        if (h, w) != (gh, gw):
+            n = self.num_prefix_tokens
+            grid = pos[:, n:].reshape(1, gh, gw, c).permute(0, 3, 1, 2).float()
+            grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+            pos = torch.cat([pos[:, :n], grid.permute(0, 2, 3, 1).reshape(1, h * w, c).to(pos.dtype)], 1)
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, c)], dim=1) + pos
+        return self.pos_drop(x)
 
 
 def _up_step(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
@@ -129,7 +157,7 @@ class ViTUNet(nn.Module):
 
         self.taps = taps
         self.stem_levels = stem_levels
-        self.encoder = VisionTransformer(
+        self.encoder = GridViT(
             img_size=img_hw,
             patch_size=PATCH_SIZE,
             in_chans=in_chans,

@@ -31,12 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vasomim.data.check import check_source
-    from vasomim.data.io import ImageReadError
+    from vasomim.data.io import ImageReadError, looked_for
     from vasomim.data.sources import load_source
 
     try:
         source = load_source(args.spec)
-        source.items  # list now, so that listing errors are reported here
+        if not source.items:  # listed now, so that listing errors are reported here
+            raise ValueError(f"{args.spec}: no images found ({source.describe()}; {looked_for()})")
     except (FileNotFoundError, NotADirectoryError, ValueError, ImageReadError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import numpy as np
 from vasomim.data.io import ImageReadError, image_info
 from vasomim.data.sources import Item, Source
 
-__all__ = ["CheckReport", "ItemCheck", "check_item", "check_source"]
+__all__ = ["CheckReport", "ItemCheck", "check_item", "check_source", "pair_size_problems"]
 
 # An image whose brightest pixel stays below this is probably 12-bit (or less) data stored in a
 # 16-bit container: the reading rule divides by 65535, so it reads nearly black.
@@ -51,6 +51,36 @@ class ItemCheck:
     mode: str | None = None
     coverage: float | None = None
     max_intensity: float | None = None
+
+
+def _pair_problem(item: Item) -> str | None:
+    """One line when the item's mask and image differ in size (file headers only) or cannot be read."""
+    try:
+        height, width = item.image_shape()
+        if item.mask_path is not None:
+            info = image_info(item.mask_path)
+            mask_size, where = (info.height, info.width), item.mask_path
+        elif item.mask_size is not None:
+            mask_size, where = tuple(item.mask_size), item.annotation_path or item.id
+        else:
+            return None
+    except ImageReadError as exc:
+        return str(exc)
+    if mask_size != (height, width):
+        return (f"{where}: mask size {mask_size[1]}x{mask_size[0]} differs from its image {item.image_ref} "
+                f"({width}x{height})")
+    return None
+
+
+def pair_size_problems(items: list[Item], workers: int | None = None) -> list[str]:
+    """Every image/mask pair whose sizes differ, from the file headers alone (no pixel is decoded).
+
+    Returns one line per bad pair, naming the mask, both sizes and the image, in the items' order;
+    an unreadable header is a problem too.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [p for p in pool.map(_pair_problem, items) if p is not None]
 
 
 def check_item(item: Item) -> ItemCheck:

@@ -38,6 +38,12 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def looked_for(dicom: bool = True) -> str:
+    """The files a folder is searched for, in words (for "no images found" errors)."""
+    return (f"looked for {', '.join(IMAGE_SUFFIXES)}" + (", .dcm, .dicom and files with a DICOM preamble"
+                                                         if dicom else "") + ", recursively")
+
+
 class ImageReadError(ValueError):
     """A file that cannot be used as an image or mask. ``str(err)`` is one line: ``path: reason``.
 

@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 
 from vasomim.anatomy import DEFAULT_ALPHA, DEFAULT_BORDER, DEFAULT_RECIPE, DEFAULT_SIGMAS, RECIPES, anatomy_details
 from vasomim.config import StrictModel
-from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_image, write_png_atomic
+from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, looked_for, read_image, write_png_atomic
 
 
 class AnatomyConfig(StrictModel):
@@ -277,7 +277,10 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
         raise FileNotFoundError(f"{in_root}: input folder not found")
     out_root.mkdir(parents=True, exist_ok=True)
     shard = parse_shard(cfg.shard)
-    files = [f for f in list_images(in_root) if in_shard(f, shard)]
+    files = list_images(in_root)
+    if not files:
+        raise ValueError(f"{in_root}: no images found ({looked_for(dicom=False)})")
+    files = [f for f in files if in_shard(f, shard)]
     names = mask_names(files)
     done = read_manifest(out_root)
     summary = AnatomySummary(total=len(files))

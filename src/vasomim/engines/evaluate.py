@@ -103,6 +103,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> 
     gts = scan_files(gt_dir, IMAGE_SUFFIXES)
     if not gts:
         raise ValueError(f"{gt_dir}: no reference masks found ({', '.join(IMAGE_SUFFIXES)})")
+    if not preds:
+        raise ValueError(f"{pred_dir}: no predicted masks found ({', '.join(IMAGE_SUFFIXES)})")
     for rel in gts:
         stem = os.path.splitext(rel)[0]
         if stem not in preds:

@@ -555,6 +555,8 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
 
 def labelled_items(data: Any) -> list[Item]:
     """The items of a labelled source, sorted by id; one-line errors when masks are missing."""
+    from vasomim.data.check import pair_size_problems
+    from vasomim.data.io import looked_for
     from vasomim.data.sources import load_source
 
     source = load_source(data)
@@ -565,8 +567,13 @@ def labelled_items(data: Any) -> list[Item]:
     if unlabelled:
         raise ValueError(f"{data}: {len(unlabelled)} of {len(items)} images have no mask "
                          f"(first: {unlabelled[0]}); fine-tuning needs labelled data")
+    if not items:
+        raise ValueError(f"{data}: no images found ({source.describe()}; {looked_for()})")
     if len(items) < 2:
         raise ValueError(f"{data}: need at least 2 labelled images, found {len(items)}")
+    mismatches = pair_size_problems(items)  # before training: a bad pair would only fail when its batch loads
+    if mismatches:
+        raise ValueError(f"{data}: {len(mismatches)} image/mask pair(s) cannot be used: {'; '.join(mismatches)}")
     return items
 
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vasomim.data.dicom import dicom_frame_count, is_dicom_file, split_frame_id
-from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, write_png_atomic
+from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, looked_for, write_png_atomic
 from vasomim.data.sources import Item, scan_files
 from vasomim.inference import input_spec, model_from_checkpoint, predict_images, resolve_device
 from vasomim.metrics import binarize
@@ -243,6 +243,8 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[Item], list
             named += _expand(path, path.name, failures)
         else:
             failures.append(f"{path}: no such file or directory")
+    if not named and dirs:
+        raise ValueError(f"{', '.join(map(str, dirs))}: no images found ({looked_for()})")
     stems = [_output_stem(ref) for ref, _ in named]
     counts = Counter(stems)
     items, used = [], set()
@@ -330,10 +332,10 @@ def predict_paths(
 
     if prob_bits not in (8, 16):
         raise ValueError(f"prob_bits must be 8 or 16, got {prob_bits}")
+    items, failures = collect_inputs(inputs)
     dev = resolve_device(device)
     model, config = model_from_checkpoint(checkpoint)
     model.to(dev)
-    items, failures = collect_inputs(inputs)
     summary = PredictSummary(failures=list(failures))
     out = Path(out)
     scale, dtype = (255.0, np.uint8) if prob_bits == 8 else (65535.0, np.uint16)

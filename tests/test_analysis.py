@@ -123,7 +123,7 @@ def test_frequency_map_follows_the_schedule():
     n, v, epochs = 64, 8, 600
     freq, vessel = masking_stats.masking_frequency_map(band_mask(), 8, 0.5, (0.0, 0.5), epochs=epochs, seed=3)
     betas = masking_stats.beta_per_epoch(epochs, 0.0, 0.5)
-    assert betas[0] == 0.0 and betas[-1] == pytest.approx(0.5 * (epochs - 1) / epochs)  # e/E, e = 0..E-1
+    assert betas[0] == pytest.approx(0.5 / epochs) and betas[-1] == 0.5  # (e + 1)/E, e = 0..E-1
     m = mask_counts(n, 0.5, 0.0)[1]
     g = np.minimum([mask_counts(n, 0.5, b)[2] for b in betas], v)
     expected_vessel = np.mean(g / v + (1 - g / v) * (m - g) / (n - g))

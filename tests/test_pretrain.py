@@ -70,7 +70,7 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 def test_three_epochs_lower_both_losses_and_write_loadable_checkpoints(data, tmp_path):
-    cfg = tiny_cfg(data, tmp_path / "run", "epochs=3", "batch_size=4")
+    cfg = tiny_cfg(data, tmp_path / "run", "epochs=3", "batch_size=4", "masking.beta_0=0.2")
     summary = pretrain(cfg, progress=False)
 
     log = read_log(tmp_path / "run")
@@ -79,7 +79,8 @@ def test_three_epochs_lower_both_losses_and_write_loadable_checkpoints(data, tmp
     # seeds 0-5 give last/first 0.67-0.88 (rec) and 0.91-0.94 (cons)
     assert log[-1]["rec"] < 0.95 * log[0]["rec"]
     assert log[-1]["cons"] < 0.98 * log[0]["cons"]
-    assert [r["beta"] for r in log] == pytest.approx([0.0, 0.5 / 3, 1.0 / 3])  # Eq. 3, e/E per epoch
+    # Eq. 3 per epoch with progress (e + 1) / E (e from 0): the last epoch reaches beta_E
+    assert [r["beta"] for r in log] == pytest.approx([0.2 + 0.3 / 3, 0.2 + 0.6 / 3, 0.5])
     assert all(0 < r["vessel_share_all"] < 1 for r in log)
 
     last = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=True)
@@ -92,7 +93,7 @@ def test_three_epochs_lower_both_losses_and_write_loadable_checkpoints(data, tmp
 
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["name"] == "vasomim" and config["masking"]["mask_ratio"] == 0.5
-    assert (config["masking"]["beta_0"], config["masking"]["beta_E"], config["consistency"]["weight"]) == (0, 0.5, 1)
+    assert (config["masking"]["beta_0"], config["masking"]["beta_E"], config["consistency"]["weight"]) == (0.2, 0.5, 1)
     assert summary["steps"] == 18 and summary["last"] == log[-1] and summary["effective_batch_size"] == 4
 
 
@@ -186,16 +187,20 @@ def test_guidance_weights_from_anatomy_segmentor_or_both():
     from vasomim.masking import patch_distribution
 
     anatomy = torch.zeros(2, 1, 32, 32)
-    anatomy[0, 0, :16, :16] = 1  # image 0: vessels in patch 0; image 1: none
+    anatomy[0, 0, :8, :8] = 1  # image 0: 64 vessel pixels in patch 0; image 1: none
     probs = torch.full((2, 1, 32, 32), 0.01)
     probs[:, :, 16:, 16:] = 0.97  # the segmentor sees a vessel in patch 3
     f_anatomy = patch_distribution(anatomy, 16)
-    assert guidance_weights("anatomy", f_anatomy, None, 16) is f_anatomy
-    f_seg = guidance_weights("segmentor", f_anatomy, probs, 16)
+    assert guidance_weights("anatomy", f_anatomy, anatomy, None, 16) is f_anatomy
+    f_seg = guidance_weights("segmentor", f_anatomy, anatomy, probs, 16)
     assert torch.allclose(f_seg, torch.tensor([[0.01, 0.01, 0.01, 0.97]]).expand(2, 4), atol=1e-6)
-    f_mix = guidance_weights("mix", f_anatomy, probs, 16)
-    assert torch.allclose(f_mix, 0.5 * (f_anatomy + f_seg))
-    assert torch.allclose(f_mix[0].sum(), torch.tensor(1.0)) and torch.allclose(f_mix[1].sum(), torch.tensor(0.5))
+    # mix, per pixel then Eq. 2 (the original code), worked by hand: patch sums of 0.5 A + 0.5 P are
+    # image 0: 32 + 0.5 * 0.01 * 256 = 33.28, 1.28, 1.28, 0.5 * 0.97 * 256 = 124.16; image 1: 1.28, 1.28, 1.28, 124.16
+    f_mix = guidance_weights("mix", f_anatomy, anatomy, probs, 16)
+    expected = torch.tensor([[33.28, 1.28, 1.28, 124.16], [1.28, 1.28, 1.28, 124.16]])
+    assert torch.allclose(f_mix, expected / expected.sum(dim=1, keepdim=True), atol=1e-6)
+    for i in range(2):  # not the mean of the two distributions
+        assert not torch.allclose(f_mix[i], 0.5 * (f_anatomy[i] + f_seg[i]), atol=1e-2)
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(data):
@@ -243,6 +248,7 @@ def test_configs_load_with_the_paper_settings():
     assert (paper.data.img_size, paper.model.size, paper.masking.mask_ratio) == (224, "base", 0.5)
     assert (paper.masking.beta_0, paper.masking.beta_E, paper.consistency.weight) == (0, 0.5, 1)
     assert (paper.epochs, paper.batch_size, paper.optim.blr, paper.optim.warmup_epochs) == (800, 256, 1.5e-4, 40)
+    assert paper.model.norm_pix_loss  # as the official script; every ablation inherits it (cfg.model == paper.model)
     expected = {  # name: (beta_0, beta_E, consistency weight, mask ratio)
         "mae_vit_b16": (0, 0, 0, 0.5),
         "ablation_guidance_only": (0, 0.5, 0, 0.5),
@@ -261,7 +267,7 @@ def test_configs_load_with_the_paper_settings():
         assert cfg.model == paper.model and cfg.optim == paper.optim and cfg.epochs == 800
     tiny = load("tiny_cpu")
     assert (tiny.data.img_size, tiny.model.size, tiny.model.decoder_embed_dim) == (128, "tiny", 128)
-    assert (tiny.batch_size, tiny.optim.warmup_epochs, tiny.device) == (16, 2, "cpu")
+    assert (tiny.batch_size, tiny.optim.warmup_epochs, tiny.device) == (16, 2, "cpu") and not tiny.model.norm_pix_loss
     assert len(list((CONFIG_DIR / "pretrain").glob("*.yaml"))) == len(expected) + 5  # + paper, tiny, 3 ratios
 
 

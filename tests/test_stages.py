@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vasomim.engines.stages import Stage, run_stages
 
 
@@ -36,19 +38,27 @@ def test_upstream_change_reruns_downstream(tmp_path):
     assert calls == ["up", "a", "up", "a"]
 
 
-def test_crash_leaves_no_marker_and_reruns(tmp_path):
+def test_crash_propagates_leaves_no_marker_and_reruns(tmp_path):
     calls = []
 
     def boom(d, cfg, deps):
         calls.append("boom")
         raise RuntimeError("killed")
 
+    def fine(d, cfg, deps):
+        calls.append("fine")
+        return {"ok": True}
+
     s = Stage("arm", "x", {"v": 1}, boom)
-    try:
+    with pytest.raises(RuntimeError, match="killed"):  # a runner never swallows a stage's failure
         run_stages([s], tmp_path, log=lambda _: None)
-    except RuntimeError:
-        pass
     assert s.outputs(tmp_path) is None
+    # the re-run does the stage again (same config, so same folder) and then caches it
+    again = Stage("arm", "x", {"v": 1}, fine)
+    report = run_stages([again], tmp_path, log=lambda _: None)
+    assert calls == ["boom", "fine"] and report.ran == ["arm/x"]
+    assert again.outputs(tmp_path) == {"ok": True}
+    assert run_stages([again], tmp_path, log=lambda _: None).ran == [] and calls == ["boom", "fine"]
 
 
 def test_dry_run_prints_plan_and_cost(tmp_path):

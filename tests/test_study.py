@@ -52,13 +52,13 @@ def test_study_runs_caches_and_adds_an_arm(data, capsys):
     report = run_study(cfg)
     err = capsys.readouterr().err
     assert set(ran(err)) == {"corpus/corpus", "anatomy/anatomy", "segmentor/segmentor", "pretrain/vasomim",
-                             "pretrain/mae", "finetune/scratch@1", "finetune/vasomim@1", "frangi/frangi"}
+                             "pretrain/mae", "finetune/scratch@1", "finetune/vasomim@1", "frangi/frangi", "frangi/frangi-fov"}
     md = report.read_text()
     html = report.with_name("index.html").read_text()
     for arm in ("Frangi", "scratch", "vasomim"):
         assert arm in md and arm in html
     for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png", "sweep_0.png",
-                "case_Frangi_Sato_best.png"):
+                "case_Frangi_Sato_paper_best.png", "case_Frangi_Sato_fov_best.png"):
         assert (report.parent / "figures" / fig).is_file(), fig
     # the table holds the numbers the fine-tune stage computed
     graph = build_stages(cfg)

@@ -76,6 +76,17 @@ def beta_at(progress: float, beta_0: float, beta_E: float) -> float:
     return beta_0 + progress * (beta_E - beta_0)
 
 
+def epoch_beta(epoch: int, epochs: int, beta_0: float, beta_E: float) -> float:
+    """beta of epoch ``epoch`` (0-based) of ``epochs``: Eq. 3 at progress (epoch + 1) / epochs.
+
+    The paper counts epochs from 1 (e / E with e = 1..E), so the last epoch reaches beta_E exactly,
+    as in the original code.
+    """
+    if not 0 <= epoch < epochs:
+        raise ValueError(f"epoch must be in [0, {epochs}), got {epoch}")
+    return beta_at((epoch + 1) / epochs, beta_0, beta_E)
+
+
 def mask_counts(num_patches: int, mask_ratio: float, beta: float) -> tuple[int, int, int]:
     """Visible, masked and guided patch counts (K, M, n_g) for N patches; see the module doc."""
     if not 0.0 <= mask_ratio <= 1.0:

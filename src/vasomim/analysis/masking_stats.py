@@ -192,12 +192,12 @@ def plot_vessel_share(curves: Mapping[str, dict], out_png: str | os.PathLike, ti
 
 
 def beta_per_epoch(epochs: int, beta_0: float, beta_E: float) -> np.ndarray:
-    """beta_e = beta_0 + (e / E)(beta_E - beta_0) for epochs e = 0..E-1 (Eq. 3, as the trainer applies it)."""
-    from vasomim.masking import beta_at
+    """beta_e = beta_0 + ((e + 1) / E)(beta_E - beta_0) for epochs e = 0..E-1 (Eq. 3, as the trainer applies it)."""
+    from vasomim.masking import epoch_beta
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    return np.array([beta_at(e / epochs, beta_0, beta_E) for e in range(epochs)])
+    return np.array([epoch_beta(e, epochs, beta_0, beta_E) for e in range(epochs)])
 
 
 def masking_frequency_map(

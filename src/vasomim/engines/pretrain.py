@@ -122,9 +122,9 @@ class MaskingConfig(StrictModel):
     beta_0: float = Field(0.0, ge=0, le=1, description="guided share of the masked patches at the start")
     beta_E: float = Field(0.5, ge=0, le=1, description="guided share at the end")
     schedule: Literal["epoch", "iteration"] = Field(
-        "epoch", description="beta progress e/E per epoch (the paper) or per iteration")
+        "epoch", description="beta progress (e+1)/E per epoch, e from 0 (the paper), or per iteration")
     guidance: Literal["anatomy", "segmentor", "mix"] = Field(
-        "anatomy", description="patch weights f from the anatomy masks, from sigmoid(S(I)), or 0.5 each")
+        "anatomy", description="patch weights f from the anatomy masks, from sigmoid(S(I)), or from their per-pixel mean")
 
 
 class ConsistencyConfig(StrictModel):
@@ -226,14 +226,17 @@ class EpochSeededDataset(Dataset):
 
 
 def guidance_weights(
-    guidance: str, f_anatomy: torch.Tensor, probs: torch.Tensor | None, patch: int
+    guidance: str, f_anatomy: torch.Tensor, anatomy: torch.Tensor, probs: torch.Tensor | None, patch: int
 ) -> torch.Tensor:
     """Patch weights f that guide the masking.
 
     Args:
         guidance: ``anatomy`` (Eq. 2 on the anatomy masks), ``segmentor`` (the same on the soft
-            map sigmoid(S(I))) or ``mix`` (the mean of both distributions).
-        f_anatomy: (B, N) ``patch_distribution`` of the anatomy masks.
+            map sigmoid(S(I))) or ``mix``: Eq. 2 on the per-pixel mix
+            ``0.5 * anatomy + 0.5 * sigmoid(S(I))``, as the original code forms it.
+        f_anatomy: (B, N) ``patch_distribution`` of the anatomy masks (returned as is for
+            ``anatomy``).
+        anatomy: (B, 1, H, W) anatomy masks.
         probs: (B, 1, H, W) sigmoid(S(I)); needed unless ``guidance == "anatomy"``.
         patch: patch side.
 
@@ -242,8 +245,9 @@ def guidance_weights(
     """
     if guidance == "anatomy":
         return f_anatomy
-    f_seg = patch_distribution(probs, patch)
-    return f_seg if guidance == "segmentor" else 0.5 * (f_anatomy + f_seg)
+    if guidance == "segmentor":
+        return patch_distribution(probs, patch)
+    return patch_distribution(0.5 * anatomy.to(probs.dtype) + 0.5 * probs, patch)
 
 
 def draw_masks(
@@ -312,7 +316,7 @@ def forward_losses(
     if cfg.masking.guidance != "anatomy":
         probs = segmentor_probs(segmentor, to_unit_range(imgs, mean, std))
     f_anatomy = patch_distribution(anatomy, patch)
-    f = guidance_weights(cfg.masking.guidance, f_anatomy, probs, patch)
+    f = guidance_weights(cfg.masking.guidance, f_anatomy, anatomy, probs, patch)
     ids_keep, ids_restore, mask = draw_masks(f, cfg.masking.mask_ratio, beta, generator, rank, world_size)
     pred = model(imgs, ids_keep, ids_restore)
     out = vasomim_loss(
@@ -472,7 +476,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr,
                                         init_distributed, param_groups_weight_decay, reduce_mean, rng_state,
                                         seed_everything, set_rng_state, write_text_atomic)
-    from vasomim.masking import beta_at
+    from vasomim.masking import beta_at, epoch_beta
 
     t_start = time.perf_counter()
     dist = init_distributed(None if cfg.device == "auto" else cfg.device)
@@ -585,8 +589,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
                     lr_now = cosine_lr(fractional_epoch, cfg.epochs, cfg.optim.warmup_epochs, lr, cfg.optim.min_lr)
                     for group in optimizer.param_groups:
                         group["lr"] = lr_now
-                beta_progress = epoch if cfg.masking.schedule == "epoch" else fractional_epoch
-                beta = beta_at(beta_progress / cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
+                if cfg.masking.schedule == "epoch":  # (e + 1) / E: the last epoch reaches beta_E
+                    beta = epoch_beta(epoch, cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
+                else:
+                    beta = beta_at(fractional_epoch / cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
 
                 imgs = batch["image"].to(device, non_blocking=True)
                 anatomy = batch["anatomy"].to(device, non_blocking=True)

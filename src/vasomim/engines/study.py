@@ -70,7 +70,8 @@ class StudyConfig(StrictModel):
         finetune_arms: arm name -> overrides; ``init`` is ``scratch``, ``pretrain:<arm>``, ``spt``
             or a checkpoint path; ``arch: unet`` is the CNN U-Net baseline.
         spt: overrides of the SPT stage (the fine-tune config trained on the pseudo-labels).
-        frangi: score the anatomy masks of the labelled images (the Frangi/Sato baseline).
+        frangi: score the anatomy masks of the labelled images (the Frangi/Sato baseline): the paper's
+            recipe, and the study's anatomy recipe (``fov`` by default) as a second row.
         label_fractions: fine-tune every arm at each share of the training labels (Table 6).
         analyses: build the figures (Fig. 3a/3b, reconstructions, Table 4) in the report.
         analysis_images: images used by the reconstruction and clustering analyses.
@@ -220,12 +221,12 @@ def _run_finetune(d: Path, config: dict, deps: dict) -> dict:
 
 
 def frangi_prediction(image, config: dict):
-    """The Frangi/Sato baseline's mask of a [0, 1] image (``config``: the frangi stage's alpha and border;
-    border None scales the default 20 px at 512 px to the image)."""
+    """The Frangi/Sato baseline's mask of a [0, 1] image (``config``: the frangi stage's recipe, alpha and
+    border; border None scales the default 20 px at 512 px to the image)."""
     from vasomim.anatomy import extract_anatomy
 
     border = config["border"] if config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
-    return extract_anatomy(image * 255.0, alpha=config["alpha"], border=border)
+    return extract_anatomy(image * 255.0, recipe=config.get("recipe", "paper"), alpha=config["alpha"], border=border)
 
 
 def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
@@ -292,10 +293,15 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
             folds = v.get("folds", 1) * len(v.get("seeds", [0]))
             finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v, _run_finetune, deps=deps,
                                                  cost=0.05 * v.get("epochs", 100) * folds)
-    frangi = None
+    frangi: list[Stage] = []
     if cfg.frangi:
-        frangi = Stage("frangi", "frangi", {"labelled": cfg.labelled, "alpha": cfg.anatomy.get("alpha", 92.0),
-                                            "border": cfg.anatomy.get("border")}, _run_frangi, cost=0.2)
+        # the paper's baseline row (its recipe), then the study's own anatomy recipe when it differs
+        from vasomim.anatomy import DEFAULT_RECIPE
+
+        base = {"labelled": cfg.labelled, "alpha": cfg.anatomy.get("alpha", 92.0), "border": cfg.anatomy.get("border")}
+        for recipe in dict.fromkeys(["paper", cfg.anatomy.get("recipe", DEFAULT_RECIPE)]):
+            name = "frangi" if recipe == "paper" else f"frangi-{recipe}"
+            frangi.append(Stage("frangi", name, {**base, "recipe": recipe}, _run_frangi, cost=0.2))
     return {"corpus": corpus, "anatomy": anatomy, "segmentor": segmentor, "pretrain": pretrain, "spt": spt,
             "finetune": finetune, "frangi": frangi}
 
@@ -305,8 +311,7 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, command: str | None = Non
     root = Path(cfg.out)
     graph = build_stages(cfg)
     wanted = list(graph["finetune"].values()) + list(graph["pretrain"].values())
-    if graph["frangi"] is not None:
-        wanted.append(graph["frangi"])
+    wanted += graph["frangi"]
     t0 = time.perf_counter()
     report = run_stages(wanted, root, dry_run=dry_run, log=_say)
     if dry_run:

@@ -28,10 +28,11 @@ def _fmt(metric: dict, n: int | None = None) -> str:
 def results_rows(graph: dict, root: Path, fraction: float = 1.0) -> list[dict]:
     """One row per arm: Frangi first, then the fine-tune arms in study order (paper format, %)."""
     rows = []
-    if graph["frangi"] is not None:
-        out = graph["frangi"].outputs(root)
+    for stage in graph["frangi"]:
+        out = stage.outputs(root)
         m = out["metrics"]
-        rows.append({"method": "Frangi/Sato anatomy (no training)", "DSC (%)": _fmt(m["dice"], out["n"]),
+        recipe = stage.config.get("recipe", "paper")
+        rows.append({"method": f"Frangi/Sato anatomy, {recipe} recipe (no training)", "DSC (%)": _fmt(m["dice"], out["n"]),
                      "clDice (%)": _fmt(m["cldice"], out["n"]), "std over": f"{out['n']} images"})
     for (arm, frac), stage in graph["finetune"].items():
         if frac != fraction:
@@ -86,7 +87,7 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
             gt = it.load_mask(image.shape)
             pred = frangi_prediction(image, stage.config)
             score = next(float(r["dice"]) for r in rows if r["image"] == it.id)
-            cases.append(("Frangi/Sato", it.id, image, pred, gt, score))
+            cases.append((f"Frangi/Sato {stage.config.get('recipe', 'paper')}", it.id, image, pred, gt, score))
     return cases
 
 
@@ -265,8 +266,8 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     if cfg.sweeps:
         _sweeps(cfg, graph, root, rep, fig_dir)
     cases = []
-    if graph["frangi"] is not None:
-        cases += _frangi_cases(cfg, graph["frangi"], root)
+    for stage in graph["frangi"]:
+        cases += _frangi_cases(cfg, stage, root)
     for (arm, frac), stage in graph["finetune"].items():
         if frac == max(cfg.label_fractions):
             try:

@@ -16,15 +16,15 @@ pydicom = pytest.importorskip("pydicom", reason="pydicom (the 'dicom' extra) is 
 XA_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image Storage
 
 
-def write_dicom(path, frames: np.ndarray, photometric="MONOCHROME2", bits_stored=16, **elements):
+def write_dicom(path, frames: np.ndarray, photometric="MONOCHROME2", bits_stored=16, big_endian=False, **elements):
     """A minimal XA file holding ``frames`` (F, H, W) as unsigned 16-bit stored values."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = XA_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ExplicitVRBigEndian if big_endian else ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = XA_SOP_CLASS
@@ -39,19 +39,15 @@ def write_dicom(path, frames: np.ndarray, photometric="MONOCHROME2", bits_stored
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
     for key, value in elements.items():
         setattr(ds, key, value)
-    ds.PixelData = frames.astype("<u2").tobytes()
+    ds.PixelData = frames.astype(">u2" if big_endian else "<u2").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_dicom(ds, path)
     return path
 
 
 def save_dicom(ds, path) -> None:
-    """Write a dataset with its file meta, on pydicom 3 (``enforce_file_format``) or 2.x."""
-    if int(pydicom.__version__.split(".")[0]) >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pydicom 2.x: the encoding is set on the dataset
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(path, write_like_original=False)
+    """Write a dataset with its file meta (pydicom >= 3)."""
+    ds.save_as(path, enforce_file_format=True)
 
 
 # stored values around the window C=2048, W=1000 (LINEAR: 0 at x <= 1548, 1 above 2547)
@@ -105,6 +101,46 @@ def test_voi_lut_sequence(tmp_path):
         lut.add_new(0x00283006, vr, data)  # LUT Data
         p = write_dicom(tmp_path / f"lut_{vr}.dcm", values[None], "MONOCHROME2", 16, VOILUTSequence=[lut])
         np.testing.assert_allclose(read_image(p), [[0, 0, 85 / 255], [170 / 255, 1, 1]], atol=1e-6)
+
+
+def modality_lut(data, vr: str, big_endian: bool = False):
+    """A Modality LUT Sequence item: ``data`` maps stored values 1000, 1001, ... to 12-bit values."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.add_new(0x00283002, "US", [len(data), 1000, 12])  # LUT Descriptor: entries, first mapped, bits
+    item.add_new(0x00283004, "LO", "XA")  # Modality LUT Type
+    raw = np.asarray(data, ">u2" if big_endian else "<u2").tobytes()
+    item.add_new(0x00283006, vr, list(data) if vr == "US" else raw)  # LUT Data
+    return item
+
+
+def test_modality_lut_sequence(tmp_path):
+    values = np.array([[999, 1000, 1001], [1002, 1003, 5000]], dtype=np.uint16)
+    lut = [0, 1000, 3000, 4095]  # below the first entry: the first value; above the last: the last
+    y = np.array([[0, 0, 1000], [3000, 4095, 4095]], dtype=np.float64)
+    for vr, big_endian in (("US", False), ("OW", False), ("OW", True)):
+        name = f"mlut_{vr}_{'be' if big_endian else 'le'}"
+        # no window: the LUT's 12-bit output range maps onto [0, 1]
+        p = write_dicom(tmp_path / f"{name}.dcm", values[None], "MONOCHROME2", 16, big_endian,
+                        ModalityLUTSequence=[modality_lut(lut, vr, big_endian)])
+        np.testing.assert_allclose(read_image(p), y / 4095, atol=1e-6, err_msg=name)
+        # a window applies to the LUT's output, and MONOCHROME1 is inverted after it
+        p = write_dicom(tmp_path / f"{name}_w.dcm", values[None], "MONOCHROME1", 16, big_endian,
+                        ModalityLUTSequence=[modality_lut(lut, vr, big_endian)], WindowCenter=2000, WindowWidth=2001)
+        np.testing.assert_allclose(read_image(p), 1 - np.clip((y - 1999.5) / 2000 + 0.5, 0, 1), atol=1e-6,
+                                   err_msg=name)
+
+
+def test_big_endian_voi_lut(tmp_path):
+    from pydicom.dataset import Dataset
+
+    values = np.array([[999, 1000, 1001], [1002, 1003, 5000]], dtype=np.uint16)
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [4, 1000, 8])
+    lut.add_new(0x00283006, "OW", np.array([0, 85, 170, 255], ">u2").tobytes())
+    p = write_dicom(tmp_path / "lut_be.dcm", values[None], "MONOCHROME2", 16, True, VOILUTSequence=[lut])
+    np.testing.assert_allclose(read_image(p), [[0, 0, 85 / 255], [170 / 255, 1, 1]], atol=1e-6)
 
 
 def test_window_functions():

@@ -1,14 +1,16 @@
 """Reading DICOM X-ray angiograms (single images and multi-frame cines) as gray float frames.
 
-pydicom is an optional dependency (``pip install 'vasomim[dicom]'``); it is imported only when a
-DICOM file is actually read, and its absence gives an :class:`~vasomim.data.io.ImageReadError`
-that says how to install it.
+pydicom >= 3 is an optional dependency (``pip install 'vasomim[dicom]'``); it is imported only when
+a DICOM file is actually read, and its absence (or an older version) gives an
+:class:`~vasomim.data.io.ImageReadError` that says how to install it.
 
 The DICOM reading rule, applied to every frame (PS3.3 C.11: modality LUT, then VOI LUT, then the
-photometric interpretation):
+photometric interpretation). The transforms are pydicom's (``pydicom.pixels.apply_modality_lut``
+and ``apply_voi_lut``), which read LUT data in either byte order; vasomim only scales their output
+to ``[0, 1]``:
 
-1. Stored values go through the modality rescale, ``y = RescaleSlope * x + RescaleIntercept``
-   (identity when absent).  A Modality LUT Sequence is refused (not seen in XA; not guessed).
+1. Stored values ``x`` become modality values ``y``: through a Modality LUT Sequence when present,
+   else the rescale ``y = RescaleSlope * x + RescaleIntercept`` (identity when absent).
 2. The VOI transform maps ``y`` to ``[0, 1]``, the first one present of:
 
    * a VOI LUT Sequence: ``LUTData[clip(y - first_mapped, 0, n - 1)] / (2**bits - 1)`` with
@@ -17,9 +19,10 @@ photometric interpretation):
      ``LINEAR`` (default): ``clip((y - (c - 0.5)) / (w - 1) + 0.5, 0, 1)``,
      ``LINEAR_EXACT``: ``clip((y - c) / w + 0.5, 0, 1)``,
      ``SIGMOID``: ``1 / (1 + exp(-4 (y - c) / w))``;
-   * otherwise the full range of the container, never the frame's own min/max: the values
-     ``0 .. 2**BitsStored - 1`` (or the signed range when Pixel Representation is 1), passed
-     through the same rescale, map linearly onto ``[0, 1]``.  So a 12-bit frame is divided by 4095.
+   * otherwise the full range of the modality values, never the frame's own min/max: the
+     container's values ``0 .. 2**BitsStored - 1`` (or the signed range when Pixel Representation
+     is 1) passed through the rescale, or ``0 .. 2**bits - 1`` of a Modality LUT, map linearly onto
+     ``[0, 1]``.  So a 12-bit frame is divided by 4095.
 3. ``MONOCHROME1`` (minimum value shown white) is inverted, ``1 - v``, so that every frame reads
    as ``MONOCHROME2``: vessels dark on a bright background, as in a raster angiogram.  RGB frames
    (rare) become luminance with the ITU-R 601-2 weights over the container range; other
@@ -31,6 +34,7 @@ A multi-frame file (a cine) is a sequence of images: frame ``k`` of ``run.dcm`` 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -84,6 +88,9 @@ def _pydicom(path: str | os.PathLike):
         import pydicom
     except ImportError:
         raise ImageReadError(path, "reading DICOM needs pydicom: pip install 'vasomim[dicom]'") from None
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        raise ImageReadError(path, f"reading DICOM needs pydicom >= 3 (found {pydicom.__version__}): "
+                                   "pip install 'vasomim[dicom]'")
     return pydicom
 
 
@@ -120,15 +127,7 @@ def _decode(path: str | os.PathLike, index: int | None) -> tuple[Any, np.ndarray
     if index is not None and not 0 <= index < n_frames:
         raise ImageReadError(path, f"frame {index} requested but the file has {n_frames} frame(s)")
     try:
-        try:
-            from pydicom.pixels import pixel_array  # pydicom >= 3 decodes a single frame on its own
-        except ImportError:
-            pixel_array = None
-        if pixel_array is not None:
-            arr = pixel_array(os.fspath(path), index=index)
-        else:
-            full = pydicom.dcmread(path).pixel_array
-            arr = full if index is None or n_frames == 1 else full[index]
+        arr = pydicom.pixels.pixel_array(os.fspath(path), index=index)  # decodes only the frame asked for
     except Exception as exc:  # missing PixelData, unsupported transfer syntax, truncated data, ...
         raise ImageReadError(path, f"cannot decode DICOM pixel data ({_first_line(exc)})") from None
     colour = ds.get("SamplesPerPixel", 1) > 1
@@ -146,23 +145,28 @@ def _container_range(ds: Any) -> tuple[float, float]:
     return 0.0, 2.0**bits - 1
 
 
-def _rescale(ds: Any) -> tuple[float, float]:
-    return float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+def _modality_range(ds: Any) -> tuple[float, float]:
+    """The modality values of the container's extremes, as pydicom's windowing scales its output.
 
+    A Modality LUT gives ``0 .. 2**bits - 1`` (PS3.3 C.11.1.1.1); otherwise the container range goes
+    through the rescale (in the order of the stored values: a negative slope swaps the ends).
+    """
+    from pydicom.pixels import apply_modality_lut
 
-def _first_value(value: Any) -> float:
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return float(value[0])
-    return float(value)
+    seq = ds.get("ModalityLUTSequence")
+    if seq:
+        return 0.0, 2.0 ** int(seq[0].LUTDescriptor[2]) - 1
+    lo, hi = apply_modality_lut(np.array(_container_range(ds), dtype=np.float64), ds)
+    return float(lo), float(hi)
 
 
 def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """Map modality values to ``[0, 1]`` with a DICOM window (PS3.3 C.11.2.1.2).
+    """Map modality values to ``[0, 1]`` with a DICOM window (PS3.3 C.11.2.1.2), by pydicom's windowing.
 
     Parameters
     ----------
     values:
-        Modality values (after rescale slope/intercept), any shape.
+        Modality values (after the modality LUT or rescale), any shape.
     center, width:
         Window Center and Window Width.  ``LINEAR`` needs ``width >= 1``, the others ``width > 0``.
     function:
@@ -172,66 +176,70 @@ def apply_window(values: np.ndarray, center: float, width: float, function: str 
     -------
     float32 array of the same shape in ``[0, 1]``.
     """
-    v = np.asarray(values, dtype=np.float64)
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
     function = (function or "LINEAR").upper()
-    if function == "LINEAR":
-        if width < 1:
-            raise ValueError(f"LINEAR window width must be >= 1, got {width}")
-        if width == 1:  # the standard's degenerate window: a threshold at c - 0.5
-            out = (v > center - 0.5).astype(np.float64)
-        else:
-            out = (v - (center - 0.5)) / (width - 1.0) + 0.5
-    elif function == "LINEAR_EXACT":
-        if width <= 0:
-            raise ValueError(f"LINEAR_EXACT window width must be > 0, got {width}")
-        out = (v - center) / width + 0.5
-    elif function == "SIGMOID":
-        if width <= 0:
-            raise ValueError(f"SIGMOID window width must be > 0, got {width}")
-        out = 1.0 / (1.0 + np.exp(-4.0 * (v - center) / width))
-    else:
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         raise ValueError(f"unknown VOI LUT Function {function!r}")
+    if width < 1 if function == "LINEAR" else width <= 0:
+        raise ValueError(f"{function} window width must be {'>= 1' if function == 'LINEAR' else '> 0'}, got {width}")
+    ds = Dataset()  # a 16-bit unsigned container: pydicom's output spans 0 .. 65535
+    ds.PhotometricInterpretation, ds.BitsStored, ds.PixelRepresentation = "MONOCHROME2", 16, 0
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = float(center), float(width), function
+    out = apply_windowing(np.asarray(values, dtype=np.float64), ds) / 65535.0
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def _voi(ds: Any, values: np.ndarray, path: str | os.PathLike) -> np.ndarray:
-    """Steps 2 of the module rule: modality values -> [0, 1]."""
+    """Step 2 of the module rule: modality values -> [0, 1] (float64, clipped)."""
+    from pydicom.pixels import apply_voi_lut
+
     seq = ds.get("VOILUTSequence")
-    if seq:
-        item = seq[0]
-        n_entries, first_mapped, bits = (int(x) for x in item.LUTDescriptor)
-        n_entries = n_entries or 65536  # PS3.3 C.11.2.1.1: 0 means 2**16 entries
-        data = item.LUTData
-        if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words (little-endian transfer syntaxes)
-            lut = np.frombuffer(bytes(data), dtype="<u2").astype(np.float64)
-        else:  # US: a list of ints
-            lut = np.atleast_1d(np.asarray(data, dtype=np.float64))
-        if lut.size < n_entries:
-            raise ImageReadError(path, f"VOI LUT holds {lut.size} entries, descriptor says {n_entries}")
-        idx = np.clip(np.rint(values - first_mapped), 0, n_entries - 1).astype(np.int64)
-        return (lut[idx] / (2.0**bits - 1)).clip(0, 1).astype(np.float32)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first_value(ds.WindowCenter), _first_value(ds.WindowWidth)
-        try:
-            return apply_window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")))
-        except ValueError as exc:
-            raise ImageReadError(path, f"invalid DICOM window ({exc})") from None
-    slope, intercept = _rescale(ds)
-    lo, hi = sorted(slope * r + intercept for r in _container_range(ds))
-    return ((values - lo) / (hi - lo)).clip(0, 1).astype(np.float32)
+    try:
+        if seq:
+            bits = int(seq[0].LUTDescriptor[2])
+            indices = np.rint(values).astype(np.int64)  # LUT inputs are integers; the rescale may give floats
+            return np.clip(apply_voi_lut(indices, ds, prefer_lut=True) / (2.0**bits - 1), 0.0, 1.0)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            lo, hi = _modality_range(ds)  # pydicom maps the window onto this range
+            return np.clip((apply_voi_lut(values, ds, prefer_lut=False) - lo) / (hi - lo), 0.0, 1.0)
+    except (ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError) as exc:
+        raise ImageReadError(path, f"invalid DICOM VOI LUT or window ({_first_line(exc)})") from None
+    lo, hi = sorted(_modality_range(ds))
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _lut_widened(ds: Any) -> Any:
+    """`ds`, or a copy whose Modality LUT says 16 bits where it says 9-15 (valid DICOM, e.g. 12).
+
+    pydicom holds the LUT entries as ``uint{bits}`` and knows no 12-bit integers; the values are
+    the same in 16 bits. The [0, 1] scaling keeps the declared depth (:func:`_modality_range`).
+    """
+    seq = ds.get("ModalityLUTSequence")
+    if not seq or int(seq[0].LUTDescriptor[2]) in (8, 16):
+        return ds
+    ds = copy.deepcopy(ds)  # a header without pixel data: cheap
+    descriptor = list(ds.ModalityLUTSequence[0].LUTDescriptor)
+    descriptor[2] = 16 if descriptor[2] > 8 else 8
+    ds.ModalityLUTSequence[0].LUTDescriptor = descriptor
+    return ds
 
 
 def _to_gray(ds: Any, arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     """Apply the module's reading rule to a (F,H,W[,3]) stored-value array -> (F,H,W) float32."""
+    from pydicom.pixels import apply_modality_lut
+
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if "ModalityLUTSequence" in ds:
-        raise ImageReadError(path, "DICOM Modality LUT Sequence is not supported")
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        slope, intercept = _rescale(ds)
-        out = _voi(ds, arr.astype(np.float64) * slope + intercept, path)
+        try:
+            values = apply_modality_lut(arr, _lut_widened(ds)).astype(np.float64)
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise ImageReadError(path, f"invalid DICOM modality LUT ({_first_line(exc)})") from None
+        out = _voi(ds, values, path)
         if photometric == "MONOCHROME1":
             out = 1.0 - out
-        return out
+        return out.astype(np.float32)
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and arr.ndim == 4:
         lo, hi = _container_range(ds)
         return ((arr.astype(np.float64) @ _LUMA - lo) / (hi - lo)).clip(0, 1).astype(np.float32)

@@ -14,5 +14,11 @@ def test_demo_cli_small(tmp_path, capsys):
     for arm in ("Frangi", "scratch", "mae", "vasomim", "unet"):
         assert arm in md
     assert (out / "study" / "report" / "index.html").is_file()
-    assert "index.html" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "index.html" in out_text
+    # the results table ends the run, one row per arm
+    table = [line for line in out_text.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| method") and "DSC (%)" in table[0]
+    for arm in ("Frangi", "scratch", "mae", "vasomim", "unet"):
+        assert any(arm in row for row in table[2:]), arm
     assert main(["demo", "--out", str(out), "--size", "100"]) == 2  # not a multiple of 32

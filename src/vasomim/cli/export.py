@@ -110,11 +110,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config_of(checkpoint: str):
-    import torch
+    from vasomim.models.checkpoints import load_checkpoint
 
     if checkpoint.endswith(".safetensors"):
         return None
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(checkpoint)  # one line naming a missing, foreign or unsafe file
     return ckpt.get("config") if isinstance(ckpt, dict) else None
 
 

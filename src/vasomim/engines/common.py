@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,32 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def tensorboard_writer(enabled: bool, log_dir: str | os.PathLike, who: str):
+    """A context manager giving a TensorBoard ``SummaryWriter`` in `log_dir`, or None.
+
+    None when `enabled` is false, or when the optional ``tensorboard`` package is missing (then
+    with a warning naming the extra that installs it): the run goes on either way.
+    """
+    if not enabled:
+        return nullcontext(None)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logging.getLogger(__name__).warning(
+            f"[{who}] tensorboard is not installed; TensorBoard logging skipped (pip install 'vasomim[tensorboard]')")
+        return nullcontext(None)
+    return SummaryWriter(str(log_dir))
+
+
+def write_scalars(writer: Any, prefix: str, record: dict[str, Any], step: int) -> None:
+    """Add a log record's numbers (not ``epoch``/``step``) to a TensorBoard writer as ``prefix/key``."""
+    if writer is None:
+        return
+    for key, value in record.items():
+        if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(f"{prefix}/{key}", value, step)
 
 
 class JsonlLogger:

@@ -10,12 +10,14 @@ arm), the Frangi baseline, and the report.  About 7.5 minutes on 2 CPU cores; re
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 from pydantic import Field
 
 from vasomim.config import StrictModel
+
+logger = logging.getLogger(__name__)
 
 
 class DemoConfig(StrictModel):
@@ -42,8 +44,8 @@ def demo_study(cfg: DemoConfig):
         raise ValueError(f"--size must be a multiple of 32 (the segmentor's stride), got {cfg.size}")
     unlabelled = []
     if cfg.data is None:
-        print(f"[demo] synthesizing {cfg.count} labelled + {cfg.unlabelled} unlabelled angiograms "
-              f"({cfg.size}x{cfg.size}) in {out / 'data'}", file=sys.stderr, flush=True)
+        logger.info(f"[demo] synthesizing {cfg.count} labelled + {cfg.unlabelled} unlabelled angiograms "
+                    f"({cfg.size}x{cfg.size}) in {out / 'data'}")
         write_dataset(out / "data" / "labelled", count=cfg.count, size=cfg.size, seed=cfg.seed, progress=False)
         labelled: str = str(out / "data" / "labelled")
         if cfg.unlabelled:

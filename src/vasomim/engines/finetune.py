@@ -52,6 +52,7 @@ an uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ from vasomim.engines.evaluate import (METRICS, csv_text, format_table, score_ite
 from vasomim.inference import (build_network, input_spec, model_from_checkpoint, reference_scale,
                                resolve_device, strip_wrappers)
 from vasomim.metrics import summarize
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AugmentConfig",
@@ -154,6 +157,7 @@ class FinetuneConfig(StrictModel):
     save_every: int = Field(1, ge=1, description="write last.pth every K epochs (and at the end)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    tensorboard: bool = Field(False, description="also log to <run>/tensorboard (the tensorboard extra)")
 
     @field_validator("seeds")
     @classmethod
@@ -409,8 +413,8 @@ def _check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
         raise ValueError(f"{where}: cannot resume, the config differs in {', '.join(differ)} "
                          f"(saved {', '.join(f'{k}={saved.get(k)!r}' for k in differ)})")
     if saved.get("epochs") != cfg.epochs:
-        print(f"[finetune] {where}: epochs {saved.get('epochs')} -> {cfg.epochs}: the cosine "
-              "schedule is stretched from here on", file=sys.stderr)
+        logger.info(f"[finetune] {where}: epochs {saved.get('epochs')} -> {cfg.epochs}: the cosine "
+                    "schedule is stretched from here on")
 
 
 def _validate(model, items, cfg, device, spec: dict) -> dict[str, float]:
@@ -434,7 +438,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
     from vasomim.data.datasets import SegmentationDataset
     from vasomim.data.transforms import build_transform
     from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cosine_lr, rng_state,
-                                        seed_everything, set_rng_state)
+                                        seed_everything, set_rng_state, tensorboard_writer, write_scalars)
     from vasomim.models.segmentation import param_groups_lrd
 
     device = resolve_device(cfg.device)
@@ -476,11 +480,12 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
         return None, 0
 
     t0 = time.perf_counter()
-    with JsonlLogger(run_dir / "log.jsonl") as log:
+    with JsonlLogger(run_dir / "log.jsonl") as log, \
+            tensorboard_writer(cfg.tensorboard, run_dir / "tensorboard", "finetune") as writer:
         for note in notes:
             log.log({"event": note})
             if progress:
-                print(f"[finetune] seed {seed} fold {fold}: {note}", file=sys.stderr)
+                logger.info(f"[finetune] seed {seed} fold {fold}: {note}")
         if start_epoch == 0 and val_items:
             rec = _validate(model, val_items, cfg, device, ck_config["input"])
             log.log({"epoch": 0, **rec})
@@ -522,6 +527,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
                 atomic_torch_save({"model": model.state_dict(), "config": ck_config, "epoch": done,
                                    "best_metric": None, "kind": CHECKPOINT_KIND}, best_path)
             log.log(rec)
+            write_scalars(writer, "finetune", rec, done)
             bar.set_postfix(loss=f"{rec['loss']:.3f}",
                             **({"dice": f"{rec['val_dice']:.3f}"} if "val_dice" in rec else {}),
                             **({"best": f"{best:.3f}"} if best is not None else {}))
@@ -562,7 +568,7 @@ def labelled_items(data: Any) -> list[Item]:
     source = load_source(data)
     items = sorted(source.items, key=lambda it: it.id)
     for problem in source.problems:
-        print(f"[finetune] data: {problem}", file=sys.stderr)
+        logger.warning(f"[finetune] data: {problem}")
     unlabelled = [it.id for it in items if not it.has_mask]
     if unlabelled:
         raise ValueError(f"{data}: {len(unlabelled)} of {len(items)} images have no mask "

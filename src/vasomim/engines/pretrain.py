@@ -49,6 +49,7 @@ single-process trajectory at the same global batch, up to the order of float red
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import sys
@@ -67,6 +68,8 @@ from torch.utils.data import Dataset
 from vasomim.config import StrictModel, config_to_dict
 from vasomim.data.transforms import TransformConfig
 from vasomim.masking import guided_mask, masked_vessel_share, patch_distribution
+
+logger = logging.getLogger(__name__)
 
 SEGMENTOR_MULTIPLE = 32  # UNeXt-S downsamples five times
 # per-micro-batch values averaged into the epoch's log record
@@ -372,7 +375,7 @@ def pretrain_items(cfg: DataConfig) -> list:
         raise ValueError("data: give data.images and data.anatomy (the folders `vasomim anatomy` read and "
                          "wrote), or data.spec")
     for problem in source.problems:
-        print(f"[pretrain] warning: {problem}", file=sys.stderr)
+        logger.warning(f"[pretrain] warning: {problem}")
     if not source.items:
         raise ValueError(f"data: no usable images in {source.describe()}")
     return source.items
@@ -475,7 +478,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     from vasomim.data.transforms import build_transform
     from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr,
                                         init_distributed, param_groups_weight_decay, reduce_mean, rng_state,
-                                        seed_everything, set_rng_state, write_text_atomic)
+                                        seed_everything, set_rng_state, tensorboard_writer, write_scalars,
+                                        write_text_atomic)
     from vasomim.masking import beta_at, epoch_beta
 
     t_start = time.perf_counter()
@@ -537,18 +541,17 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
             set_rng_state(ck["rng"])
             if dist.is_main:
                 if changes:
-                    print(f"[pretrain] note: settings changed since the checkpoint apply from epoch "
-                          f"{start_epoch + 1}: {', '.join(changes)} (logged in log.jsonl)", file=sys.stderr)
-                print(f"[pretrain] resumed from {last_path} at epoch {start_epoch}", file=sys.stderr)
+                    logger.info(f"[pretrain] note: settings changed since the checkpoint apply from epoch "
+                                f"{start_epoch + 1}: {', '.join(changes)} (logged in log.jsonl)")
+                logger.info(f"[pretrain] resumed from {last_path} at epoch {start_epoch}")
         elif resume and dist.is_main:
-            print(f"[pretrain] no {last_path}; starting from scratch", file=sys.stderr)
+            logger.info(f"[pretrain] no {last_path}; starting from scratch")
 
         if dist.is_main:
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"[pretrain] {cfg.name}: ViT-{cfg.model.size} MAE ({n_params / 1e6:.1f}M trainable parameters), "
-                  f"{len(dataset)} images, {world} process(es) on {device.type}, effective batch {eff_batch}, "
-                  f"lr {lr:.3g}, {steps_per_epoch} steps/epoch, segmentor {'on' if segmentor else 'off'}",
-                  file=sys.stderr)
+            logger.info(f"[pretrain] {cfg.name}: ViT-{cfg.model.size} MAE ({n_params / 1e6:.1f}M trainable parameters), "
+                        f"{len(dataset)} images, {world} process(es) on {device.type}, effective batch {eff_batch}, "
+                        f"lr {lr:.3g}, {steps_per_epoch} steps/epoch, segmentor {'on' if segmentor else 'off'}")
             run_dir.mkdir(parents=True, exist_ok=True)
             if start_epoch == 0:  # a resumed run keeps the config its first epochs ran with
                 write_text_atomic(run_dir / "config.json", json.dumps(plain_cfg, indent=2))
@@ -556,14 +559,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
             log = JsonlLogger(run_dir / "log.jsonl")
             if changes and start_epoch < cfg.epochs:
                 log.log({"event": "config_changed", "from_epoch": start_epoch + 1, "changes": changes})
-            if cfg.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError:
-                    print("[pretrain] tensorboard is not installed; TensorBoard logging skipped "
-                          "(pip install tensorboard)", file=sys.stderr)
-                else:
-                    writer = SummaryWriter(str(run_dir / "tensorboard"))
+            # the writer (None without tensorboard) is closed in the finally below
+            writer = tensorboard_writer(cfg.tensorboard, run_dir / "tensorboard", "pretrain").__enter__()
 
         def save_last(epochs_done: int) -> None:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -625,10 +622,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
                       "time": round(time.perf_counter() - t_epoch, 3)}
             if dist.is_main:
                 log.log(record)  # before the checkpoint: a crash in between redoes (and re-logs) this epoch
-                if writer is not None:
-                    for key, value in record.items():
-                        if key not in ("epoch", "step") and value is not None:
-                            writer.add_scalar(f"pretrain/{key}", value, epoch + 1)
+                write_scalars(writer, "pretrain", record, epoch + 1)
                 if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
                     save_last(epoch + 1)
 

@@ -13,6 +13,7 @@ Outputs in ``out``: ``segmentor.pth`` (final weights), ``last.pth`` (for ``--res
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vasomim.config import StrictModel, config_to_dict
+
+logger = logging.getLogger(__name__)
 
 
 class SegmentorConfig(StrictModel):
@@ -42,6 +45,7 @@ class SegmentorConfig(StrictModel):
     workers: int = Field(0, ge=0, description="DataLoader workers")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu or cuda")
+    tensorboard: bool = Field(False, description="also log to OUT/tensorboard (the tensorboard extra)")
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -111,7 +115,8 @@ def train_segmentor(cfg: SegmentorConfig, resume: bool = False, progress: bool =
     from vasomim.data.datasets import SegmentationDataset
     from vasomim.data.sources import AnatomySource
     from vasomim.data.transforms import TransformConfig, build_transform
-    from vasomim.engines.common import JsonlLogger, atomic_torch_save, rng_state, seed_everything, set_rng_state
+    from vasomim.engines.common import (JsonlLogger, atomic_torch_save, rng_state, seed_everything, set_rng_state,
+                                        tensorboard_writer, write_scalars)
     from vasomim.models.unext import UNeXt, to_segmentor_input
 
     out = Path(cfg.out)
@@ -143,10 +148,11 @@ def train_segmentor(cfg: SegmentorConfig, resume: bool = False, progress: bool =
         start_epoch, step = ck["epoch"], ck["step"]
         g.set_state(ck["loader_generator"])
         set_rng_state(ck["rng"])
-        print(f"[train-segmentor] resumed from epoch {start_epoch}", file=sys.stderr)
+        logger.info(f"[train-segmentor] resumed from epoch {start_epoch}")
 
     t0 = time.perf_counter()
-    with JsonlLogger(out / "log.jsonl") as log:
+    with JsonlLogger(out / "log.jsonl") as log, \
+            tensorboard_writer(cfg.tensorboard, out / "tensorboard", "train-segmentor") as writer:
         bar = tqdm(range(start_epoch, cfg.epochs), desc="segmentor", unit="epoch", disable=not progress, file=sys.stderr,
                    initial=start_epoch, total=cfg.epochs)
         for epoch in bar:
@@ -166,6 +172,7 @@ def train_segmentor(cfg: SegmentorConfig, resume: bool = False, progress: bool =
             if val_items and ((epoch + 1) % max(1, cfg.epochs // 10) == 0 or epoch + 1 == cfg.epochs):
                 rec["val_dice"] = evaluate_dice(model, val_dl, device)
             log.log(rec)
+            write_scalars(writer, "segmentor", rec, epoch + 1)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"val_dice": f"{rec['val_dice']:.3f}"} if "val_dice" in rec else {}))
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "step": step,

@@ -12,8 +12,8 @@ checkpoint inside the same folder).
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +100,7 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         log: a callable taking one line (default: print to stderr).
     """
     root = Path(root)
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    say = log or logging.getLogger(__name__).info
     order = topological(stages)
     report = RunReport()
     if dry_run:

@@ -24,8 +24,8 @@ setup and the commands to reproduce.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -36,6 +36,8 @@ from pydantic import Field
 from vasomim.config import StrictModel, deep_merge
 from vasomim.engines.finetune import labelled_items
 from vasomim.engines.stages import Stage, run_stages
+
+logger = logging.getLogger(__name__)
 
 
 def _default_pretrain_arms() -> dict[str, dict]:
@@ -103,7 +105,7 @@ class StudyConfig(StrictModel):
 
 
 def _say(line: str) -> None:
-    print(f"[study] {line}", file=sys.stderr, flush=True)
+    logger.info(f"[study] {line}")
 
 
 # --------------------------------------------------------------------------------------- stages

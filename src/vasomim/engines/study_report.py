@@ -7,16 +7,18 @@ figure and numbers under ``<study>/report/``.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
 
 def _say(line: str) -> None:
-    print(f"[study] {line}", file=sys.stderr, flush=True)
+    logger.info(f"[study] {line}")
 
 
 def _fmt(metric: dict, n: int | None = None) -> str:

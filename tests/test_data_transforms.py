@@ -139,3 +139,43 @@ def test_config_validation():
         TransformConfig(scale=(0.9, 0.2))
     with pytest.raises(ValidationError):
         TransformConfig(hlfip=0.5)  # typo: unknown key
+
+
+def _zoom_transform(size, base_scale, zoom=(1.0, 1.0), ratio=(1.0, 1.0)):
+    cfg = TransformConfig(size=size, zoom=zoom, base_scale=base_scale, ratio=ratio, hflip=0.0,
+                          mean=(0.0,), std=(1.0,))
+    return build_transform(cfg, train=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_native_zoom_crops_are_windows_of_the_image(seed):
+    """base_scale 1, zoom 1: a size x size window cut at the image's own pixels, mask aligned."""
+    ys, xs = np.mgrid[:H, :W]
+    image = coordinate_image() / (H * W)
+    mask = pattern(ys, xs)
+    out, out_mask = _zoom_transform(64, 1.0)(image, mask, np.random.default_rng(seed))
+    out, out_mask = out[0].numpy(), out_mask[0].numpy().astype(bool)
+    index = np.rint(out * (H * W)).astype(int)
+    top, left = divmod(int(index[0, 0]), W)
+    np.testing.assert_array_equal(index, (ys * W + xs)[top:top + 64, left:left + 64])
+    np.testing.assert_array_equal(out_mask, mask[top:top + 64, left:left + 64])
+
+
+def test_zoom_crops_larger_than_the_image_pad_and_scale():
+    image = coordinate_image() / (H * W)
+    mask = np.ones((H, W), dtype=bool)
+    # a 160-px window on a 97x131 image: centred, reflected image, background mask outside
+    out, out_mask = _zoom_transform(160, 1.0)(image, mask, np.random.default_rng(0))
+    m = out_mask[0].numpy().astype(bool)
+    assert m.sum() == H * W and m[(160 - H) // 2, (160 - W) // 2] and not m[0, 0]
+    ref = np.pad(image, ((31, 32), (14, 15)), mode="symmetric")
+    np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-6)
+    # base_scale 0.5: the window covers 2x its size in image pixels (downsampled)
+    top, left, ch, cw = _zoom_crop(32, 0.5)
+    assert (ch, cw) == (64, 64)
+
+
+def _zoom_crop(size, base_scale):
+    from vasomim.data.transforms import zoom_crop_params
+
+    return zoom_crop_params(H, W, size, base_scale, (1.0, 1.0), (1.0, 1.0), np.random.default_rng(0))

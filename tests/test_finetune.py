@@ -101,6 +101,39 @@ def test_tiny_finetune_beats_the_untrained_model(data, tmp_path):
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
+def test_native_recipe_trains_on_windows_and_records_its_scale(tmp_path, monkeypatch):
+    """input_scale 1 + zoom crops: 32-px windows of 64-px images at their own resolution, no stem,
+    flip TTA in scoring; the checkpoint says scale 1, and the scores are the sliding-window ones."""
+    from vasomim.engines.evaluate import score_items
+    from vasomim.engines.finetune import labelled_items
+
+    root = tmp_path / "data"
+    write_dataset(root, count=6, size=64, seed=3, progress=False)
+    tiny = {**TINY, "img_size": 32}
+    cfg = FinetuneConfig(data=str(root), out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=3e-3, folds=1,
+                         val_fraction=0.34, input_scale=1.0, stem_levels=0, tta=True,
+                         augment={"zoom": (0.9, 1.1), "photometric": False}, **tiny)
+    import vasomim.engines.finetune as engine
+
+    seen = []
+    real_score = engine.score_items
+    monkeypatch.setattr(engine, "score_items", lambda *a, **k: seen.append(k.get("tta")) or real_score(*a, **k))
+    summary = finetune(cfg, progress=False)
+    assert seen and all(seen)  # validation and the final scoring average with the flip
+    model, config = build_model_from_checkpoint(summary["runs"][0]["checkpoint"])
+    assert config["input"]["scale"] == 1.0 and config["network"]["stem_levels"] == 0
+    assert config["tta"] is True and tuple(config["augment"]["zoom"]) == (0.9, 1.1)
+    recorded = {r["image"]: float(r["dice"]) for r in summary_rows(tmp_path / "run")}
+    val = [it for it in labelled_items(str(root)) if it.id in recorded]
+    with_tta = {r["image"]: r["dice"] for r in score_items(model, val, config["input"], tta=True).rows}
+    assert with_tta == pytest.approx(recorded, abs=1e-5)  # the CSV keeps 6 decimals
+
+
+def summary_rows(run):
+    with open(run / "per_image.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def test_kfold_report_covers_every_image_once(data, tmp_path, capsys):
     rc = main(["finetune", "--data", str(data), "--out", str(tmp_path / "cv"), "--folds", "3", "--seeds", "0,1",
                "--quiet", "epochs=1", "batch_size=4", "embed_dim=64", "depth=2", "num_heads=2", "img_size=64",

@@ -31,11 +31,21 @@ def test_vit_unet_output_shape(in_chans, hw):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("stem_levels", [1, 2, 3])
+@pytest.mark.parametrize("stem_levels", [0, 1, 2, 3])
 def test_stem_levels(stem_levels):
     model = _vit(stem_levels=stem_levels)
     assert len(model.stem) == stem_levels
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize("stem_levels", [0, 1])
+def test_without_a_stem_the_image_reaches_the_decoder_only_through_the_encoder(stem_levels):
+    """Silence the patch embedding: with no stem the output no longer depends on the image."""
+    model = _vit(stem_levels=stem_levels).eval()
+    with torch.no_grad():
+        model.encoder.patch_embed.proj.weight.zero_()
+        a, b = model(torch.randn(1, 1, 64, 64)), model(torch.randn(1, 1, 64, 64))
+    assert torch.equal(a, b) == (stem_levels == 0)
 
 
 def test_gradients_reach_every_parameter():

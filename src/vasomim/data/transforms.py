@@ -65,6 +65,13 @@ class TransformConfig(StrictModel):
         Output side in pixels (square output).
     scale:
         Range of the crop area as a fraction of the image area (RandomResizedCrop).
+    zoom:
+        Instead of ``scale``: crops at a fixed resolution.  The crop's side in image pixels is
+        ``size / (base_scale * z)`` with ``z`` log-uniform in ``zoom`` (so ``base_scale=1`` and
+        ``zoom=(1, 1)`` cut ``size x size`` windows at the image's native resolution); a crop
+        larger than the image pads it (reflected image, background mask).
+    base_scale:
+        Network pixels per image pixel for ``zoom`` crops (the inference scale).
     ratio:
         Range of the crop aspect ratio (width / height), sampled log-uniformly.
     hflip:
@@ -88,6 +95,8 @@ class TransformConfig(StrictModel):
 
     size: int = 224
     scale: tuple[float, float] = (0.2, 1.0)
+    zoom: tuple[float, float] | None = None
+    base_scale: float = 1.0
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     photometric: bool = False
@@ -106,10 +115,10 @@ class TransformConfig(StrictModel):
             raise ValueError("size must be >= 1")
         return v
 
-    @field_validator("scale", "ratio", "gamma")
+    @field_validator("scale", "ratio", "gamma", "zoom")
     @classmethod
-    def _ordered_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
+    def _ordered_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
             raise ValueError(f"expected 0 < low <= high, got {v}")
         return v
 
@@ -173,6 +182,45 @@ def random_resized_crop_params(
     else:
         cw, ch = w, h
     return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def zoom_crop_params(
+    h: int,
+    w: int,
+    size: int,
+    base_scale: float,
+    zoom: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """A crop box ``(top, left, height, width)`` at a fixed resolution (see ``TransformConfig.zoom``).
+
+    The side is ``size / (base_scale * z)`` image pixels (``z`` log-uniform in ``zoom``), the aspect
+    ratio log-uniform in ``ratio``; the box lies inside the image where it fits, otherwise it is
+    centred on that axis and overhangs both sides (negative ``top``/``left``).
+    """
+    z = math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1])))
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    side = size / (base_scale * z)
+    ch = max(1, int(round(side / math.sqrt(aspect))))
+    cw = max(1, int(round(side * math.sqrt(aspect))))
+    top = int(rng.integers(0, h - ch + 1)) if ch <= h else -((ch - h) // 2)
+    left = int(rng.integers(0, w - cw + 1)) if cw <= w else -((cw - w) // 2)
+    return top, left, ch, cw
+
+
+def _pad_to_box(image: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int]):
+    """Pad image (reflected) and mask (background) so that ``box`` lies inside; returns the shifted box."""
+    top, left, ch, cw = box
+    h, w = image.shape
+    pt, pl = max(0, -top), max(0, -left)
+    pb, pr = max(0, top + ch - h), max(0, left + cw - w)
+    if not (pt or pl or pb or pr):
+        return image, mask, box
+    pads = ((pt, pb), (pl, pr))
+    image = np.pad(image, pads, mode="symmetric")
+    mask = np.pad(mask, pads, mode="constant") if mask is not None else None
+    return image, mask, (top + pt, left + pl, ch, cw)
 
 
 def resized_crop(
@@ -313,8 +361,8 @@ def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]
 class JointTransform:
     """The callable built by :func:`build_transform`; picklable, stateless between calls.
 
-    Training: RandomResizedCrop (shared box) -> horizontal flip -> optional photometric jitter ->
-    normalise.  Evaluation: resize to ``size x size`` -> normalise.
+    Training: RandomResizedCrop, or a fixed-resolution crop with ``zoom`` (shared box) -> horizontal
+    flip -> optional photometric jitter -> normalise.  Evaluation: resize to ``size x size`` -> normalise.
 
     Parameters
     ----------
@@ -350,7 +398,15 @@ class JointTransform:
         cfg = self.cfg
         if self.train:
             rng = rng if rng is not None else np.random.default_rng()
-            image, mask = joint_random_resized_crop(image, mask, cfg.size, cfg.scale, cfg.ratio, rng)
+            if cfg.zoom is None:
+                image, mask = joint_random_resized_crop(image, mask, cfg.size, cfg.scale, cfg.ratio, rng)
+            else:
+                if mask is not None and mask.shape != image.shape:
+                    raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
+                box = zoom_crop_params(*image.shape, cfg.size, cfg.base_scale, cfg.zoom, cfg.ratio, rng)
+                image, mask, box = _pad_to_box(image, mask, box)
+                image = resized_crop(image, box, cfg.size, "bicubic")
+                mask = resized_crop(mask, box, cfg.size, "nearest") if mask is not None else None
             np.clip(image, 0.0, 1.0, out=image)
             image, mask = random_hflip(image, mask, cfg.hflip, rng)
             if cfg.photometric:

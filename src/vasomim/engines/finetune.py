@@ -100,6 +100,9 @@ class AugmentConfig(StrictModel):
     """Training augmentation (see :class:`~vasomim.data.transforms.TransformConfig`)."""
 
     scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area range")
+    zoom: tuple[float, float] | None = Field(
+        None, description="crop at the inference scale instead, zoomed by a factor in this range "
+        "(e.g. [0.8, 1.25]); with input_scale 1 these are native-resolution crops")
     ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="crop aspect-ratio range")
     hflip: float = Field(0.5, ge=0, le=1, description="horizontal flip probability")
     photometric: bool = Field(True, description="gamma, contrast, brightness and noise jitter")
@@ -121,13 +124,16 @@ class FinetuneConfig(StrictModel):
     depth: int | None = Field(None, ge=1, description="custom ViT depth")
     num_heads: int | None = Field(None, ge=1, description="custom ViT heads")
     taps: tuple[int, int, int, int] | None = Field(None, description="encoder blocks feeding the decoder")
-    stem_levels: int = Field(3, ge=1, le=3, description="conv-stem skips: 1/1 (+1/2, +1/4)")
+    stem_levels: int = Field(3, ge=0, le=3, description="conv-stem skips: none (0), 1/1 (+1/2, +1/4)")
     decoder_channels: tuple[int, int, int, int, int] = (256, 128, 64, 32, 16)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     base_channels: int = Field(16, ge=1, description="unet: channels of the first level")
     levels: int = Field(4, ge=1, description="unet: down-sampling steps")
     norm: Literal["batch", "group", "instance"] = "batch"
-    img_size: int = Field(224, ge=16, description="square training and inference size")
+    img_size: int = Field(224, ge=16, description="square training window (and sliding-window size)")
+    input_scale: float | None = Field(
+        None, gt=0, description="network pixels per image pixel at training (zoom crops) and inference; "
+        "None: img_size / the training images' median side (a whole image fits one window); 1: native")
     in_chans: Literal[1, 3] = 1
     init: str = Field("scratch", description="'scratch' or a checkpoint path")
     # optimisation
@@ -149,6 +155,7 @@ class FinetuneConfig(StrictModel):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="held-out share when folds = 1")
     split_seed: int = Field(0, description="seed of the fold assignment and label subsets")
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of each training part used")
+    tta: bool = Field(False, description="validation and scoring average with the flipped image")
     select: Literal["best", "last"] = Field(
         "best", description="weights scored on the held-out images: best (highest held-out DSC; "
         "optimistic) or last (final epoch; unbiased)")
@@ -384,11 +391,12 @@ class RunResult:
         return {m: float(np.mean([r[m] for r in self.rows])) for m in METRICS}
 
 
-def _transform_config(cfg: FinetuneConfig):
+def _transform_config(cfg: FinetuneConfig, base_scale: float = 1.0):
     from vasomim.data.transforms import TransformConfig
 
     a = cfg.augment
-    return TransformConfig(size=cfg.img_size, channels=cfg.in_chans, scale=a.scale, ratio=a.ratio,
+    return TransformConfig(size=cfg.img_size, channels=cfg.in_chans, scale=a.scale, zoom=a.zoom,
+                           base_scale=base_scale, ratio=a.ratio,
                            hflip=a.hflip, photometric=a.photometric, brightness=a.brightness,
                            contrast=a.contrast, gamma=a.gamma, noise=a.noise)
 
@@ -418,7 +426,7 @@ def _check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
 
 
 def _validate(model, items, cfg, device, spec: dict) -> dict[str, float]:
-    res = score_items(model, items, spec, cfg.eval_batch_size, device)
+    res = score_items(model, items, spec, cfg.eval_batch_size, device, tta=cfg.tta)
     if res.failures:
         raise ValueError(f"validation images failed: {res.failures[0]}")
     m = summarize_rows(res.rows, ("dice", "cldice"))
@@ -454,7 +462,8 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
     model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups_lrd(model, cfg.lr, cfg.weight_decay, cfg.layer_decay),
                             lr=cfg.lr, betas=(0.9, 0.999))
-    dataset = SegmentationDataset(train_items, build_transform(_transform_config(cfg), train=True),
+    scale = cfg.input_scale or _inference_scale(train_items, cfg.img_size)
+    dataset = SegmentationDataset(train_items, build_transform(_transform_config(cfg, scale), train=True),
                                   require_masks=True)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=min(cfg.batch_size, len(dataset)), shuffle=True,
@@ -463,7 +472,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
     steps_per_epoch = len(loader)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     use_amp = cfg.amp and device.type == "cuda"
-    ck_config = _checkpoint_config(cfg, _inference_scale(train_items, cfg.img_size))
+    ck_config = _checkpoint_config(cfg, scale)
 
     start_epoch, step, best, best_epoch, last_val = 0, 0, None, 0, None
     if resuming:
@@ -551,7 +560,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
     if val_items:
         selected, selected_config = model_from_checkpoint(result.checkpoint)
         scored = score_items(selected.to(device), val_items, selected_config["input"],
-                             cfg.eval_batch_size, device)
+                             cfg.eval_batch_size, device, tta=cfg.tta)
         result.rows = scored.rows
     return result, cfg.epochs - start_epoch
 

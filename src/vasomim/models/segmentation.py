@@ -115,7 +115,8 @@ class ViTUNet(nn.Module):
         (non-decreasing, each in ``1..depth``; block ``k`` means the tokens after the k-th
         transformer block). Default :func:`default_taps`. Blocks after the last tap are not run.
     stem_levels:
-        Convolutional stem skips: 1 = full resolution only, 2 = also 1/2, 3 = also 1/4.
+        Convolutional stem skips: 0 = none (every skip comes from the encoder; the decoder cannot
+        bypass it), 1 = full resolution only, 2 = also 1/2, 3 = also 1/4.
     decoder_channels:
         Decoder widths at 1/16, 1/8, 1/4, 1/2 and 1/1. The stem uses the widths of its levels.
     norm:
@@ -150,8 +151,8 @@ class ViTUNet(nn.Module):
             raise ValueError(
                 f"taps must be 4 non-decreasing block numbers in 1..{dims['depth']}, got {taps}"
             )
-        if stem_levels not in (1, 2, 3):
-            raise ValueError(f"stem_levels must be 1, 2 or 3, got {stem_levels}")
+        if stem_levels not in (0, 1, 2, 3):
+            raise ValueError(f"stem_levels must be 0, 1, 2 or 3, got {stem_levels}")
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 widths (1/16..1/1), got {decoder_channels}")
 
@@ -186,7 +187,7 @@ class ViTUNet(nn.Module):
         self.up8 = UpBlock(c16, c8, c8, "transpose", norm)
         self.up4 = UpBlock(c8, c4 * (2 if stem_levels >= 3 else 1), c4, "transpose", norm)
         self.up2 = UpBlock(c4, c2 * (2 if stem_levels >= 2 else 1), c2, "transpose", norm)
-        self.up1 = UpBlock(c2, c1, c1, "transpose", norm)
+        self.up1 = UpBlock(c2, c1 if stem_levels >= 1 else 0, c1, "transpose", norm)
         self.head = nn.Conv2d(c1, 1, 1)
 
     @property
@@ -233,7 +234,7 @@ class ViTUNet(nn.Module):
         y = self.up8(self.bottleneck(z16), self.proj8(z8))
         y = self.up4(y, torch.cat(skip4, dim=1))
         y = self.up2(y, torch.cat(skip2, dim=1))
-        y = self.up1(y, stem[0])
+        y = self.up1(y, stem[0] if stem else None)
         return self.head(y)
 
 

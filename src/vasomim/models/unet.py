@@ -88,9 +88,11 @@ class UpBlock(nn.Module):
             raise ValueError(f"unknown upsampling {mode!r}; choose 'transpose' or 'bilinear'")
         self.conv = ConvBlock(up_channels + skip_channels, out_channels, norm)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Features at twice the resolution of ``x`` (the resolution of ``skip``)."""
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """Features at twice the resolution of ``x`` (the resolution of ``skip``; ``None`` when
+        ``skip_channels`` is 0)."""
+        up = self.up(x)
+        return self.conv(up if skip is None else torch.cat([up, skip], dim=1))
 
 
 class UNet(nn.Module):

@@ -129,6 +129,17 @@ def test_native_recipe_trains_on_windows_and_records_its_scale(tmp_path, monkeyp
     assert with_tta == pytest.approx(recorded, abs=1e-5)  # the CSV keeps 6 decimals
 
 
+def test_only_folds_runs_those_folds(data, tmp_path):
+    cfg = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4, folds=3,
+                         only_folds=[1], **TINY)
+    summary = finetune(cfg, progress=False)
+    assert [r["fold"] for r in summary["runs"]] == [1]
+    assert {r["fold"] for r in summary_rows(tmp_path / "run")} == {"1"}
+    assert not (tmp_path / "run" / "seed0" / "fold0").exists()
+    with pytest.raises(ValueError, match="only_folds"):
+        FinetuneConfig(data=str(data), folds=3, only_folds=[3], **TINY)
+
+
 def summary_rows(run):
     with open(run / "per_image.csv", newline="") as fh:
         return list(csv.DictReader(fh))

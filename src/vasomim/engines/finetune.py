@@ -93,7 +93,8 @@ __all__ = [
 CHECKPOINT_KIND = "vasomim_segmentation"
 
 #: Config keys that may change between an interrupted run and its resume.
-RESUMABLE_CHANGES = ("out", "device", "workers", "seeds", "val_every", "save_every", "epochs", "select")
+RESUMABLE_CHANGES = ("out", "device", "workers", "seeds", "val_every", "save_every", "epochs", "select",
+                     "only_folds")
 
 
 class AugmentConfig(StrictModel):
@@ -155,6 +156,9 @@ class FinetuneConfig(StrictModel):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="held-out share when folds = 1")
     split_seed: int = Field(0, description="seed of the fold assignment and label subsets")
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of each training part used")
+    only_folds: list[int] | None = Field(
+        None, description="run these folds only (0-based), e.g. to probe a recipe on one fold or to "
+        "share a cross-validation between machines; the report covers the folds run")
     tta: bool = Field(False, description="validation and scoring average with the flipped image")
     select: Literal["best", "last"] = Field(
         "best", description="weights scored on the held-out images: best (highest held-out DSC; "
@@ -177,6 +181,8 @@ class FinetuneConfig(StrictModel):
     def _consistent(self) -> "FinetuneConfig":
         if self.arch == "vit_unet" and self.img_size % 16:
             raise ValueError(f"img_size {self.img_size} must be divisible by the patch size 16")
+        if self.only_folds is not None and any(not 0 <= f < self.folds for f in self.only_folds):
+            raise ValueError(f"only_folds {self.only_folds} must be fold numbers in 0..{self.folds - 1}")
         if self.arch == "unet" and self.img_size % 2**self.levels:
             raise ValueError(f"img_size {self.img_size} must be divisible by 2**levels = {2**self.levels}")
         return self
@@ -665,6 +671,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
     remaining = stop_after
     for seed in cfg.seeds:
         for fold, (train_idx, val_idx) in enumerate(splits):
+            if cfg.only_folds is not None and fold not in cfg.only_folds:
+                continue
             train_idx = subsample(train_idx, cfg.label_fraction, [cfg.split_seed, fold])
             res, trained = _train_run(cfg, seed, fold, [items[i] for i in train_idx],
                              [items[i] for i in val_idx], out / f"seed{seed}" / f"fold{fold}",

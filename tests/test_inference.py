@@ -105,7 +105,7 @@ def test_segment_keeps_size_and_tta_is_the_flip_average(tmp_path, checkpoint):
 
 
 def test_unknown_names_and_bad_files_are_one_line(tmp_path, checkpoint):
-    with pytest.raises(FileNotFoundError, match="no-such-model: .*shipped: none yet"):
+    with pytest.raises(FileNotFoundError, match="no-such-model: .*no shipped model of that name .shipped: "):
         vasomim.load_model("no-such-model")
     bad = tmp_path / "x.pth"
     bad.write_bytes(b"not a checkpoint")

@@ -165,6 +165,8 @@ def test_usage_and_checkpoint_errors_are_one_line(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path)]) == 2
     assert "either --pred DIR --gt DIR" in capsys.readouterr().err
     torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "other.pth")
-    assert main(["predict", str(tmp_path / "other.pth"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "in").mkdir()
+    write_png_atomic(tmp_path / "in" / "a.png", np.zeros((8, 8), dtype=np.uint8))  # inputs exist: the model is at fault
+    assert main(["predict", str(tmp_path / "other.pth"), str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "other.pth: not a vasomim segmentation checkpoint" in err and "\n" not in err

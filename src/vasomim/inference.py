@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vasomim.shipped import find as find_shipped
+from vasomim.shipped import list_shipped
+
 __all__ = [
     "MODEL_REGISTRY",
     "as_gray",
@@ -249,8 +252,11 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "au
         model, config = model_from_checkpoint(path)
     elif str(path_or_name) in MODEL_REGISTRY:
         return load_model(MODEL_REGISTRY[str(path_or_name)](), device)
+    elif (shipped := find_shipped(str(path_or_name), "segmentation")) is not None:
+        return load_model(shipped.weights, device)
     else:
-        known = ", ".join(sorted(MODEL_REGISTRY)) or "none yet"
+        names = set(MODEL_REGISTRY) | {m.name for m in list_shipped() if m.kind == "segmentation"}
+        known = ", ".join(sorted(names)) or "none in this install"
         raise FileNotFoundError(f"{path_or_name}: no such checkpoint file or model folder, and no "
                                 f"shipped model of that name (shipped: {known})")
     model.input_spec = dict(config["input"])

@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("evaluate", "evaluate"),
     ("predict", "predict"),
     ("export", "export"),
+    ("models", "models"),  # also `ship`
 ]
 
 

@@ -13,9 +13,7 @@ import argparse
 import math
 import sys
 
-#: embed_dim -> (timm model name, depth, heads) of the timm ViT-*/16 sizes.
-TIMM_SIZES = {192: ("vit_tiny_patch16_224", 12, 3), 384: ("vit_small_patch16_224", 12, 6),
-              768: ("vit_base_patch16_224", 12, 12), 1024: ("vit_large_patch16_224", 24, 16)}
+from vasomim.models.timm_names import TIMM_SIZES
 SIZE_NAMES = {"tiny": 192, "small": 384, "base": 768, "large": 1024}
 
 

@@ -72,6 +72,7 @@ from vasomim.engines.evaluate import (METRICS, csv_text, format_table, score_ite
 from vasomim.inference import (build_network, input_spec, model_from_checkpoint, reference_scale,
                                resolve_device, strip_wrappers)
 from vasomim.metrics import summarize
+from vasomim.shipped import resolve_init
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class FinetuneConfig(StrictModel):
         None, gt=0, description="network pixels per image pixel at training (zoom crops) and inference; "
         "None: img_size / the training images' median side (a whole image fits one window); 1: native")
     in_chans: Literal[1, 3] = 1
-    init: str = Field("scratch", description="'scratch' or a checkpoint path")
+    init: str = Field("scratch", description="'scratch', a checkpoint path or a shipped encoder (vasomim models)")
     # optimisation
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -210,6 +211,7 @@ def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
     """Fill ``model`` from ``init``; return one line per thing done (for the log).
 
     * ``"scratch"``: nothing.
+    * a shipped encoder's name (``vasomim models``): its weights, as below.
     * ``vit_unet``: the encoder from any checkpoint flavour
       (:func:`~vasomim.models.checkpoints.load_encoder_weights`, position embeddings and channels
       adapted); when the checkpoint is a segmentation checkpoint (``encoder.*`` keys) whose
@@ -235,6 +237,7 @@ def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
 
     if init == "scratch":
         return ["init: scratch (random weights)"]
+    init = resolve_init(init)  # a shipped encoder's name (vasomim-tiny) -> its file
     state, source = read_state_dict(init)
     state = strip_wrappers(state)
     if arch == "unet":

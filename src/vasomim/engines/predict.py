@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from vasomim.data.dicom import dicom_frame_count, is_dicom_file, split_frame_id
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, looked_for, write_png_atomic
 from vasomim.data.sources import Item, scan_files
-from vasomim.inference import input_spec, model_from_checkpoint, predict_images, resolve_device
+from vasomim.inference import input_spec, load_model, predict_images, resolve_device
 from vasomim.metrics import binarize
 
 __all__ = [
@@ -299,7 +299,8 @@ def predict_paths(
     Parameters
     ----------
     checkpoint:
-        A segmentation checkpoint written by ``vasomim finetune`` (``best.pth``/``last.pth``).
+        A segmentation checkpoint written by ``vasomim finetune`` (``best.pth``/``last.pth``), an
+        exported model folder, or a shipped model's name (``vasomim-cimat``).
     inputs:
         Image files, folders (searched recursively) and DICOM files.
     out:
@@ -334,12 +335,11 @@ def predict_paths(
         raise ValueError(f"prob_bits must be 8 or 16, got {prob_bits}")
     items, failures = collect_inputs(inputs)
     dev = resolve_device(device)
-    model, config = model_from_checkpoint(checkpoint)
-    model.to(dev)
+    model = load_model(checkpoint, dev)  # a checkpoint, an exported folder or a shipped name
     summary = PredictSummary(failures=list(failures))
     out = Path(out)
     scale, dtype = (255.0, np.uint8) if prob_bits == 8 else (65535.0, np.uint16)
-    for pred in iter_predictions(model, items, config["input"], batch_size, dev, workers,
+    for pred in iter_predictions(model, items, model.input_spec, batch_size, dev, workers,
                                  keep_images=overlay, progress=progress, mode=mode, tta=tta):
         if pred.error is not None:
             summary.failures.append(pred.error)

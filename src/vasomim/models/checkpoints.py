@@ -206,7 +206,9 @@ def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torc
             break
     if not isinstance(obj, Mapping):
         raise ValueError(f"{source}: holds a {type(obj).__name__}, not a state dict")
-    state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    # half-precision files (shipped weights) are read back as float32
+    state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+             for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not state:
         raise ValueError(f"{source}: holds no tensors (keys: {list(obj)[:8]})")
     return state, source
@@ -377,6 +379,7 @@ def export_encoder(
     checkpoint_path_or_model: str | Path | Mapping | nn.Module,
     out_path: str | Path,
     in_chans: int | None = 3,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a ViT encoder in timm naming to ``.safetensors`` (or ``.pth``) for ``timm``.
 
@@ -405,6 +408,8 @@ def export_encoder(
         holding the plain state dict.
     in_chans:
         Input channels of the exported patch embedding (3 or 1); None keeps the encoder's own.
+    dtype:
+        Convert the floating-point tensors (``torch.float16`` for shipping); None keeps them.
 
     Returns
     -------
@@ -421,7 +426,7 @@ def export_encoder(
     if in_chans is not None:
         encoder["patch_embed.proj.weight"] = adapt_patch_embed(encoder["patch_embed.proj.weight"],
                                                                in_chans)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.items()}
+    tensors = _cast({k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.items()}, dtype)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
@@ -466,11 +471,19 @@ def encoder_pretrained_cfg(architecture: str, config: Mapping | None, in_chans: 
             "file": "encoder.safetensors"}
 
 
-def export_model_folder(model: nn.Module, config: Mapping, out_dir: str | Path) -> Path:
+def _cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    if dtype is None:
+        return tensors
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def export_model_folder(model: nn.Module, config: Mapping, out_dir: str | Path,
+                        dtype: torch.dtype | None = None) -> Path:
     """Write the whole segmentation network as ``model.safetensors`` + ``config.json`` (no pickle).
 
     ``config`` holds ``network`` (the architecture) and ``input`` (the input convention);
-    :func:`vasomim.load_model` reads the folder back.
+    :func:`vasomim.load_model` reads the folder back. ``dtype`` (e.g. ``torch.float16``, for
+    shipping) converts the floating-point tensors; loading converts them back.
     """
     import json
 
@@ -480,7 +493,7 @@ def export_model_folder(model: nn.Module, config: Mapping, out_dir: str | Path) 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = _cast({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}, dtype)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     meta = {"format": MODEL_FORMAT, "version": 1, "network": dict(config["network"]),
             "input": dict(config["input"])}

@@ -140,6 +140,19 @@ def test_only_folds_runs_those_folds(data, tmp_path):
         FinetuneConfig(data=str(data), folds=3, only_folds=[3], **TINY)
 
 
+def test_val_data_is_the_held_out_set_and_all_of_data_trains(data, tmp_path):
+    held = tmp_path / "held"
+    write_dataset(held, count=3, size=64, seed=99, progress=False)
+    cfg = FinetuneConfig(data=str(data), val_data=str(held), out=str(tmp_path / "run"), epochs=1, batch_size=4,
+                         label_fraction=0.5, **TINY)
+    summary = finetune(cfg, progress=False)
+    run = summary["runs"][0]
+    assert (run["n_train"], run["n_val"]) == (5, 3)  # half of the 10 training images, all 3 held out
+    assert sorted(r["image"] for r in summary_rows(tmp_path / "run")) == [f"synth_{i:04d}.png" for i in range(3)]
+    with pytest.raises(ValueError, match="folds must be 1"):
+        FinetuneConfig(data=str(data), val_data=str(held), folds=5, **TINY)
+
+
 def summary_rows(run):
     with open(run / "per_image.csv", newline="") as fh:
         return list(csv.DictReader(fh))

@@ -88,6 +88,16 @@ def test_dry_run_and_bad_arm(data, tmp_path, capsys):
         build_stages(tiny_study(data).model_copy(update={"sweeps": {"x": {"nope": 1.0}}}))
 
 
+def test_held_out_set_is_scored_by_every_arm_and_the_frangi_rows(data, tmp_path):
+    cfg = tiny_study(data).model_copy(update={"held_out": str(data / "unlabelled"), "label_fractions": [0.5, 1.0]})
+    graph = build_stages(cfg)
+    for stage in graph["finetune"].values():
+        assert stage.config["val_data"] == str(data / "unlabelled") and stage.config["folds"] == 1
+        assert stage.config["data"] == str(data / "labelled")
+    assert {s.config["labelled"] for s in graph["frangi"]} == {str(data / "unlabelled")}
+    assert {s.config["recipe"] for s in graph["frangi"]} == {"paper", "fov"}
+
+
 def test_study_cli_reports_bad_file(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text("labelled: somewhere\nunknown_key: 1\n")
     assert main(["study", str(tmp_path / "s.yaml")]) == 2

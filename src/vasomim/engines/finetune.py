@@ -118,6 +118,9 @@ class FinetuneConfig(StrictModel):
     """Parameters of ``vasomim finetune`` (flat keys; ``augment`` is a section)."""
 
     data: str | dict | list = Field(..., description="labelled data: folder, YAML spec or spec mapping(s)")
+    val_data: str | dict | list | None = Field(
+        None, description="held-out labelled images scored instead of a split of data (e.g. ARCADE's "
+        "labelled/val); every image of data then trains (folds must be 1)")
     out: str = Field("runs/finetune", description="output folder")
     # network
     arch: Literal["vit_unet", "unet"] = "vit_unet"
@@ -182,6 +185,8 @@ class FinetuneConfig(StrictModel):
     def _consistent(self) -> "FinetuneConfig":
         if self.arch == "vit_unet" and self.img_size % 16:
             raise ValueError(f"img_size {self.img_size} must be divisible by the patch size 16")
+        if self.val_data is not None and self.folds != 1:
+            raise ValueError(f"val_data gives the held-out images: folds must be 1, got {self.folds}")
         if self.only_folds is not None and any(not 0 <= f < self.folds for f in self.only_folds):
             raise ValueError(f"only_folds {self.only_folds} must be fold numbers in 0..{self.folds - 1}")
         if self.arch == "unet" and self.img_size % 2**self.levels:
@@ -666,7 +671,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
     """
     out = Path(cfg.out)
     items = labelled_items(cfg.data)
-    splits = kfold_splits(len(items), cfg.folds, cfg.split_seed, cfg.val_fraction)
+    if cfg.val_data is None:
+        splits = kfold_splits(len(items), cfg.folds, cfg.split_seed, cfg.val_fraction)
+        held_out = items
+    else:  # a fixed held-out set: every image of data trains
+        held_out = labelled_items(cfg.val_data)
+        splits = [(list(range(len(items))), list(range(len(held_out))))]
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     t0 = time.perf_counter()
@@ -678,7 +688,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
                 continue
             train_idx = subsample(train_idx, cfg.label_fraction, [cfg.split_seed, fold])
             res, trained = _train_run(cfg, seed, fold, [items[i] for i in train_idx],
-                             [items[i] for i in val_idx], out / f"seed{seed}" / f"fold{fold}",
+                             [held_out[i] for i in val_idx], out / f"seed{seed}" / f"fold{fold}",
                              resume, progress, remaining)
             if res is None:
                 return None

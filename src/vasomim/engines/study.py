@@ -62,6 +62,9 @@ class StudyConfig(StrictModel):
         name: the study's name (report title).
         out: the study folder (stages, report).
         labelled: labelled images: a folder (images/ + masks/, nnU-Net, ARCADE...) or a data spec.
+        held_out: labelled images kept for scoring (e.g. ARCADE's labelled/val): every fine-tune arm
+            trains on ``labelled`` (at each label fraction) and is scored on these, and the Frangi
+            rows score these; without it, ``labelled`` is cross-validated.
         unlabelled: folders of unlabelled angiograms for pre-training.
         pretrain_on_labelled_images: add the labelled images, without their labels, to the corpus.
         anatomy: :class:`~vasomim.engines.anatomy.AnatomyConfig` keys.
@@ -87,6 +90,7 @@ class StudyConfig(StrictModel):
     name: str = "vasomim study"
     out: str = "runs/study"
     labelled: str | dict | list
+    held_out: str | dict | list | None = None
     unlabelled: list[str] = Field(default_factory=list)
     pretrain_on_labelled_images: bool = True
     anatomy: dict = Field(default_factory=dict)
@@ -278,6 +282,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
     finetune: dict[tuple[str, float], Stage] = {}
     for arm, over in cfg.finetune_arms.items():
         values = deep_merge(deep_merge(cfg.finetune, over), {"data": cfg.labelled})
+        if cfg.held_out is not None:
+            values = deep_merge(values, {"val_data": cfg.held_out, "folds": 1})
         init = str(values.get("init", "scratch"))
         deps = []
         if init.startswith("pretrain:"):
@@ -300,7 +306,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
         # the paper's baseline row (its recipe), then the study's own anatomy recipe when it differs
         from vasomim.anatomy import DEFAULT_RECIPE
 
-        base = {"labelled": cfg.labelled, "alpha": cfg.anatomy.get("alpha", 92.0), "border": cfg.anatomy.get("border")}
+        scored = cfg.held_out if cfg.held_out is not None else cfg.labelled
+        base = {"labelled": scored, "alpha": cfg.anatomy.get("alpha", 92.0), "border": cfg.anatomy.get("border")}
         for recipe in dict.fromkeys(["paper", cfg.anatomy.get("recipe", DEFAULT_RECIPE)]):
             name = "frangi" if recipe == "paper" else f"frangi-{recipe}"
             frangi.append(Stage("frangi", name, {**base, "recipe": recipe}, _run_frangi, cost=0.2))

@@ -58,9 +58,12 @@ def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
     out = stage.outputs(root)
     run = out["runs"][0]
     cfg = stage.config
-    items = labelled_items(cfg["data"])
-    splits = kfold_splits(len(items), cfg.get("folds", 1), cfg.get("split_seed", 0), cfg.get("val_fraction", 0.2))
-    val = [items[i] for i in splits[run["fold"]][1]][:limit]
+    if cfg.get("val_data") is not None:  # a fixed held-out set
+        val = labelled_items(cfg["val_data"])[:limit]
+    else:
+        items = labelled_items(cfg["data"])
+        splits = kfold_splits(len(items), cfg.get("folds", 1), cfg.get("split_seed", 0), cfg.get("val_fraction", 0.2))
+        val = [items[i] for i in splits[run["fold"]][1]][:limit]
     model, mcfg = build_model_from_checkpoint(run["checkpoint"])
     cases = []
     for p in iter_predictions(model, val, mcfg["input"], with_masks=True, keep_images=True):
@@ -83,7 +86,7 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
         return []
     picks = {rows[0]["image"], rows[-1]["image"]}
     cases = []
-    for it in labelled_items(cfg.labelled):
+    for it in labelled_items(stage.config["labelled"]):
         if it.id in picks:
             image = it.load_image()
             gt = it.load_mask(image.shape)

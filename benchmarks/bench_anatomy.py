@@ -111,9 +111,12 @@ def main() -> None:
 
     from concurrent.futures import ProcessPoolExecutor
 
+    import os
+
     from vasomim.engines.anatomy import _worker_init
 
-    with ProcessPoolExecutor(args.workers, initializer=_worker_init) as pool:
+    init = {"initializer": _worker_init, "initargs": (os.getpid(), "fork")}
+    with ProcessPoolExecutor(args.workers, **init) as pool:
         list(pool.map(reference_anatomy, [images[0][1]] * args.workers))  # start the workers
         t0 = time.perf_counter()
         list(pool.map(reference_anatomy, [im for _, im in images], chunksize=2))
@@ -130,7 +133,7 @@ def main() -> None:
         t_fov += time.perf_counter() - t
 
     # ours in worker processes (as `vasomim anatomy --workers N`)
-    with ProcessPoolExecutor(args.workers, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(args.workers, **init) as pool:
         list(pool.map(paper_recipe, [images[0][1]] * args.workers))  # start the workers
         t0 = time.perf_counter()
         pool_masks = list(pool.map(paper_recipe, [im for _, im in images], chunksize=2))

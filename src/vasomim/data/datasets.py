@@ -15,6 +15,11 @@ Bad files at training time raise :class:`~vasomim.data.io.ImageReadError` (from 
 reaches the main process as a DataLoader error naming the file).  Training data is meant to be
 checked first with ``vasomim data check``, which lists every failing file at once.
 
+Items may be generated rather than read (:class:`~vasomim.data.synthetic_source.SyntheticItem`,
+deterministic per seed and index); a mixed source (``share`` in a data spec,
+:class:`~vasomim.data.synthetic_source.MixSource`) lists some items several times, so that every
+epoch draws each source at its share.
+
 Randomness: each sample draws its transform generator from :func:`sample_rng`, seeded from
 torch's generator of the current process.  DataLoader workers have that generator seeded from the
 loader's base seed and the worker id, so a run is reproducible given ``torch.manual_seed`` (or the
@@ -67,8 +72,11 @@ class _ItemDataset(Dataset):
 
     def _load(self, index: int) -> tuple[Item, torch.Tensor, torch.Tensor | None]:
         item = self.items[index]
-        image = item.load_image()
-        mask = item.load_mask(image.shape) if item.has_mask else None
+        if hasattr(item, "load_pair"):  # generated items make image and mask in one go
+            image, mask = item.load_pair()
+        else:
+            image = item.load_image()
+            mask = item.load_mask(image.shape) if item.has_mask else None
         image_t, mask_t = self.transform(image, mask, sample_rng(index))
         return item, image_t, mask_t
 

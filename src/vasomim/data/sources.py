@@ -22,6 +22,9 @@ Sources
 ``DicomSource(root)``
     A tree of DICOM files (``.dcm``/``.dicom`` or suffix-less files with a DICM preamble); every
     frame of a cine is an item with the id ``rel/path.dcm#f012``.
+``SyntheticSource(count, size=256, seed=0, preset="realistic", config=None)``
+    Angiograms generated on the fly with their exact vessel masks (:mod:`.synthetic_source`); a
+    ``share`` on sources of a spec mixes them at those shares of every epoch (``MixSource``).
 ``AnatomySource(images_dir, anatomy_dir)``
     Images paired with the masks that ``vasomim anatomy`` wrote, read through
     ``anatomy_dir/manifest.jsonl`` (and the per-shard ``manifest-<i>of<n>.jsonl``): one JSON object
@@ -829,6 +832,10 @@ _SPEC_KEYS: dict[str, tuple[type[Source], tuple[str, ...], dict[str, tuple[str, 
     "nnunet": (NnUNetSource, ("root",), {"root": ("root", True), "labels": ("labels", False), "split": ("split", False)}),
     "dicom": (DicomSource, ("root",), {"root": ("root", True)}),
     "anatomy": (AnatomySource, ("images", "anatomy"), {"images": ("images_dir", True), "anatomy": ("anatomy_dir", True)}),
+    # generated on the fly (vasomim.data.synthetic_source, imported when used)
+    "synthetic": ("SyntheticSource", ("count",), {"count": ("count", False), "size": ("size", False),
+                                                  "seed": ("seed", False), "preset": ("preset", False),
+                                                  "config": ("config", False)}),
 }
 
 
@@ -850,9 +857,9 @@ def source_from_spec(entry: dict, base_dir: str | os.PathLike = ".", where: str 
     if kind not in _SPEC_KEYS:
         raise ValueError(f"{where}: unknown source type {kind!r} (known: {', '.join(_SPEC_KEYS)})")
     cls, required, keys = _SPEC_KEYS[kind]
-    unknown = sorted(set(entry) - set(keys) - {"type", "name"})
+    unknown = sorted(set(entry) - set(keys) - {"type", "name", "share"})
     if unknown:
-        raise ValueError(f"{where}: {kind} source: unknown key(s) {', '.join(unknown)} (expected {', '.join(keys)}, name)")
+        raise ValueError(f"{where}: {kind} source: unknown key(s) {', '.join(unknown)} (expected {', '.join(keys)}, name, share)")
     missing = [k for k in required if entry.get(k) is None]
     if missing:
         raise ValueError(f"{where}: {kind} source needs key(s) {', '.join(missing)}")
@@ -860,7 +867,13 @@ def source_from_spec(entry: dict, base_dir: str | os.PathLike = ".", where: str 
     for key, (param, is_path) in keys.items():
         if entry.get(key) is not None:
             kwargs[param] = Path(base_dir) / str(entry[key]) if is_path else entry[key]
-    return cls(**kwargs)
+    if isinstance(cls, str):
+        from vasomim.data import synthetic_source
+
+        cls = getattr(synthetic_source, cls)
+    source = cls(**kwargs)
+    source.share = entry.get("share")  # a share of every epoch: see vasomim.data.synthetic_source.MixSource
+    return source
 
 
 def _detect(root: Path) -> Source:
@@ -938,4 +951,9 @@ def load_source(spec: str | os.PathLike | dict | list) -> Source:
 
 
 def _combine(sources: list[Source]) -> Source:
+    shares = [getattr(s, "share", None) for s in sources]
+    if any(share is not None for share in shares):
+        from vasomim.data.synthetic_source import MixSource
+
+        return MixSource(sources, shares)
     return sources[0] if len(sources) == 1 else ConcatSource(sources)

@@ -74,6 +74,25 @@ class SynthConfig:
         curl: Standard deviation of the random turning rate of a branch, radians per pixel.
         blur: Standard deviation of the Gaussian system PSF.
         brightness: Range of the mean background intensity in [0, 1].
+        anatomy: Draw the background anatomy of the chest (heart, lung field with its texture,
+            spine, ribs, diaphragm; :mod:`vasomim.data.synthetic_scene`).
+        anatomy_strength: Scale of that anatomy's log transmission.
+        wash_in: Probability that a tree is only partly filled with contrast: the concentration
+            falls off along the tree beyond a random front (a logistic in the path distance from
+            the root); where it is below 15 % the vessel is neither drawn nor labelled.
+        overlap: Vessels that cross add their attenuation (every tube is rasterised on its own
+            and the chords summed), as in a projection; ``False`` keeps the per-tree maximum.
+        motion_blur: Probability of cardiac motion blur: the vessel and catheter attenuation is
+            smeared along a random direction over 1.5-5 pixels (at 256).  The mask stays the
+            vessels' mid-exposure position.
+        curl_scale: Correlation length, in pixels at 256, of the random turning of a branch.
+        gamma: Range of the exponent of the display curve ``I ** gamma`` applied last (before
+            quantisation); below 1 it brightens the mid-tones and compresses the highlights, as the
+            logarithmic look-up tables of angiography systems do.  ``(1, 1)``: none.
+
+    :meth:`realistic` gives the settings measured closest to real frames
+    (``benchmarks/synth_realism.py``); the defaults are the classic generator, whose output for a
+    seed is unchanged.
     """
 
     size: int = 256
@@ -91,6 +110,40 @@ class SynthConfig:
     curl: float = 0.02
     blur: float = 0.7
     brightness: tuple[float, float] = (0.45, 0.65)
+    anatomy: bool = False
+    anatomy_strength: float = 1.0
+    wash_in: float = 0.0
+    overlap: bool = False
+    motion_blur: float = 0.0
+    curl_scale: float = 12.0
+    gamma: tuple[float, float] = (1.0, 1.0)
+
+    @classmethod
+    def realistic(cls, **overrides) -> "SynthConfig":
+        """The settings closest to real coronary frames (see ``BENCHMARKS.md``), with ``overrides``."""
+        values = dict(REALISTIC)
+        values.update(overrides)
+        return cls(**values)
+
+
+# SynthConfig.realistic(): chosen by benchmarks/synth_realism.py against the 55 real frames of
+# ../shared/data (intensity histogram, vessel width and tortuosity, noise power spectrum).
+REALISTIC: dict = dict(
+    n_trees=(1, 4),
+    root_radius=(3.2, 5.0),
+    contrast=(0.05, 0.12),
+    curl=0.04,
+    curl_scale=8.0,
+    noise=0.005,
+    quantum_noise=0.033,
+    blur=0.6,
+    gamma=(0.5, 0.8),
+    anatomy=True,
+    anatomy_strength=1.5,
+    wash_in=0.3,
+    overlap=True,
+    motion_blur=0.3,
+)
 
 
 def _radius_scale(size: int) -> float:
@@ -100,11 +153,19 @@ def _radius_scale(size: int) -> float:
 
 @dataclass
 class _Tube:
-    """A sampled centreline (``points`` as (y, x), one pixel apart), its radii and its layer."""
+    """A sampled centreline (``points`` as (y, x), one pixel apart), its radii and its layer.
+
+    ``dist`` is the path distance of each point from the tree's root, ``entry`` the radius of the
+    parent where the branch leaves it (0 for a root), ``fill`` the contrast concentration per point
+    (``None``: full).
+    """
 
     points: np.ndarray
     radii: np.ndarray
     layer: int
+    dist: np.ndarray | None = None
+    entry: float = 0.0
+    fill: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,15 +173,15 @@ class _Tube:
 
 
 def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, length: float, curl: float,
-          bend: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+          bend: float, scale: float, curl_scale: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
     """A smooth random curve of ``length`` one-pixel steps from ``start``.
 
-    The heading angle integrates a turning rate made of white noise smoothed over ``12 * scale``
-    pixels (standard deviation ``curl / scale``) plus the constant ``bend / scale``.
-    Returns the points (n, 2) as (y, x) and the heading (n,) at each point.
+    The heading angle integrates a turning rate made of white noise smoothed over
+    ``curl_scale * scale`` pixels (standard deviation ``curl / scale``) plus the constant
+    ``bend / scale``.  Returns the points (n, 2) as (y, x) and the heading (n,) at each point.
     """
     n = max(int(round(length)), 2)
-    smooth = 12.0 * scale
+    smooth = curl_scale * scale
     turn = ndimage.gaussian_filter1d(rng.standard_normal(n), sigma=smooth, mode="nearest")
     turn *= math.sqrt(2.0 * math.sqrt(math.pi) * smooth)  # unit variance for smoothed white noise
     theta = heading + np.cumsum(turn * (curl / scale) + bend / scale)
@@ -172,23 +233,24 @@ def _grow_tree(rng: np.random.Generator, cfg: SynthConfig, size: int, layer: int
     # Trees after the first are secondary (a side branch or collateral seen separately): smaller.
     shrink = 1.0 if layer == 0 else rng.uniform(0.55, 0.8)
     root = (start, to_centre + rng.normal(0.0, 0.45), rng.uniform(*cfg.root_radius) * rscale * shrink,
-            size * rng.uniform(0.6, 1.1) * shrink, 0)
+            size * rng.uniform(0.6, 1.1) * shrink, 0, 0.0, 0.0)
 
     tubes: list[_Tube] = []
     pending = [root]
     while pending:
-        start, heading, r0, length, depth = pending.pop()
+        start, heading, r0, length, depth, dist0, entry = pending.pop()
         # Roots wind less than their branches (no loops across the whole image).
         bend = rng.uniform(-1.0, 1.0) / (90.0 if depth else 180.0)
         curl = cfg.curl * (1.0 if depth else 0.6)
-        points, theta = _walk(rng, start, heading, length, curl, bend, scale)
+        points, theta = _walk(rng, start, heading, length, curl, bend, scale, cfg.curl_scale)
         stenosis = depth <= 1 and rng.random() < cfg.stenosis_prob
         radii = _radius_profile(rng, len(points), r0, r_min, stenosis, scale)
         keep = _inside_prefix(points, size, margin=r0 + 2.0)
         if keep < 2:
             continue
         points, theta, radii = points[:keep], theta[:keep], radii[:keep]
-        tubes.append(_Tube(points, radii, layer))
+        dist = dist0 + np.arange(keep, dtype=np.float64)
+        tubes.append(_Tube(points, radii, layer, dist, entry))
         if depth >= cfg.max_depth:
             continue
         # Children at irregular intervals, alternating sides, thinner than the parent there.
@@ -200,7 +262,7 @@ def _grow_tree(rng: np.random.Generator, cfg: SynthConfig, size: int, layer: int
             if r_child >= r_min:
                 child_len = (r_child / rscale) * rng.uniform(50.0, 90.0) * scale
                 angle = theta[i] + sign * rng.uniform(0.45, 1.2)
-                pending.append((points[i], angle, r_child, child_len, depth + 1))
+                pending.append((points[i], angle, r_child, child_len, depth + 1, dist[i], radii[i]))
             sign = -sign
             pos += rng.uniform(25.0, 55.0) * scale
     return tubes
@@ -223,15 +285,29 @@ def _catheter(rng: np.random.Generator, tree_root: _Tube, size: int, layer: int)
     return _Tube(points[:keep], np.full(keep, radius), layer)
 
 
-def _rasterise(tubes: list[_Tube], n_layers: int, size: int) -> np.ndarray:
-    """Per-layer maximum of the tube power ``r^2 - d^2`` (0 outside every tube), (n_layers, H, W).
+def _rasterise(tubes: list[_Tube], n_layers: int, size: int,
+               sum_tubes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer vessel masks and X-ray path lengths, both (n_layers, H, W).
+
+    The path length through a tube at a pixel is the chord ``2 sqrt(r^2 - d^2)`` at the closest
+    centreline point (times the contrast fill there, if the tube has one).  Per layer, either the
+    maximum power over its tubes is taken (``sum_tubes=False``: tubes of one tree merge), or each
+    tube's own maximum is found and the chords of different tubes add up (crossing vessels are
+    darker where they overlap).  A branch's first ``entry`` points, inside its parent, are skipped
+    in that mode (they would double the parent's chord at every bifurcation).
 
     Each centreline segment ``[a, b]`` (length <= 1 px) is evaluated on the pixel window
     ``floor(a) + [-R, R + 1]^2`` with ``R = ceil(max radius) + 1``, which holds every pixel centre
     within the radius of the segment; all segments of a tube are done in one vectorised step.
     """
     power = np.zeros(n_layers * size * size, dtype=np.float32)
+    path = np.zeros(n_layers * size * size, dtype=np.float32) if sum_tubes else None
+    scratch = np.zeros(size * size, dtype=np.float32) if sum_tubes else None
     for tube in tubes:
+        if sum_tubes and tube.entry > 0:
+            skip = min(int(tube.entry), len(tube.points) - 2)
+            tube = _Tube(tube.points[skip:], tube.radii[skip:], tube.layer,
+                         fill=None if tube.fill is None else tube.fill[skip:])
         base = np.floor(tube.points[:-1])
         frac = (tube.points[:-1] - base).astype(np.float32)  # segment start within its pixel
         ey, ex = np.diff(tube.points, axis=0).astype(np.float32).T[:, :, None]
@@ -245,12 +321,24 @@ def _rasterise(tubes: list[_Tube], n_layers: int, size: int) -> np.ndarray:
         t = np.clip((dy * ey + dx * ex) / np.maximum(ey * ey + ex * ex, 1e-12), 0.0, 1.0)
         r = ra + t * dr
         value = r * r - (dy - t * ey) ** 2 - (dx - t * ex) ** 2
+        if tube.fill is not None:  # chord * fill = 2 sqrt(power * fill^2)
+            fa = tube.fill[:-1, None].astype(np.float32)
+            f = fa + t * np.diff(tube.fill)[:, None].astype(np.float32)
+            value *= f * f
         py = base[:, :1].astype(np.int64) + oy
         px = base[:, 1:].astype(np.int64) + ox
         keep = (value > 0) & (py >= 0) & (py < size) & (px >= 0) & (px < size)
         index = (tube.layer * size + py[keep]) * size + px[keep]
         np.maximum.at(power, index, value[keep])
-    return power.reshape(n_layers, size, size)
+        if sum_tubes:
+            local = py[keep] * size + px[keep]
+            np.maximum.at(scratch, local, value[keep])
+            touched = np.unique(local)
+            path[tube.layer * size * size + touched] += 2.0 * np.sqrt(scratch[touched])
+            scratch[touched] = 0.0
+    power = power.reshape(n_layers, size, size)
+    path = 2.0 * np.sqrt(power) if path is None else path.reshape(n_layers, size, size)
+    return power > 0, path
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,6 +433,47 @@ def _collimator(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return floor + (1.0 - floor) * opening, inside < 0
 
 
+def _wash_in(rng: np.random.Generator, tubes: list[_Tube], n_trees: int, probability: float,
+             size: int) -> list[_Tube]:
+    """Partly filled trees: contrast fill ``1 / (1 + exp((dist - front) / width))`` along each tree.
+
+    A tree is partly filled with ``probability``; its front lies at 30-100 % of its longest path
+    distance, the fall-off ``width`` is 2-8 % of the image side.  Points whose fill is below 0.15
+    are cut off (a branch keeps the prefix above it; a branch beyond the front goes), so the mask
+    holds only vessel pixels that the contrast darkens.
+    """
+    out: list[_Tube] = []
+    for layer in range(n_trees):
+        members = [t for t in tubes if t.layer == layer]
+        if not members or rng.random() >= probability:
+            out += members
+            continue
+        reach = max(float(t.dist[-1]) for t in members)
+        front = rng.uniform(0.3, 1.0) * reach
+        width = rng.uniform(0.02, 0.08) * size
+        for t in members:
+            fill = 1.0 / (1.0 + np.exp(np.clip((t.dist - front) / width, -30.0, 30.0)))
+            keep = int(np.count_nonzero(fill >= 0.15))  # fill falls along a branch: a prefix
+            if keep >= 2:
+                out.append(_Tube(t.points[:keep], t.radii[:keep], t.layer, t.dist[:keep], t.entry, fill[:keep]))
+    return out
+
+
+def _motion_kernel(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A normalised line kernel 1.5-5 pixels long (at 256) in a random direction, bilinear splats."""
+    length = rng.uniform(1.5, 5.0) * size / REFERENCE_SIZE
+    angle = rng.uniform(0.0, math.pi)
+    half = int(math.ceil(length / 2)) + 1
+    s = np.linspace(-length / 2, length / 2, max(int(4 * length), 2) + 1)
+    y, x = s * math.sin(angle) + half, s * math.cos(angle) + half
+    kernel = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float64)
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    fy, fx = y - y0, x - x0
+    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        np.add.at(kernel, (y0 + dy, x0 + dx), w)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # public API
 
@@ -371,36 +500,46 @@ def synthesize(seed: int, size: int | None = None, config: SynthConfig | None = 
         raise ValueError(f"synthetic image size must be at least {MIN_SIZE} pixels, got {size}")
     if not 1 <= cfg.n_trees[0] <= cfg.n_trees[1]:
         raise ValueError(f"n_trees must be a range (low, high) with 1 <= low <= high, got {cfg.n_trees}")
-    tree_rng, cath_rng, bg_rng, coll_rng, noise_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
+    # Streams 5-7 serve only the options the classic settings leave off, so those keep their output.
+    tree_rng, cath_rng, bg_rng, coll_rng, noise_rng, anat_rng, fill_rng, motion_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)
     )
     rscale = _radius_scale(size)
 
     n_trees = int(tree_rng.integers(cfg.n_trees[0], cfg.n_trees[1] + 1))
     tubes = [tube for layer in range(n_trees) for tube in _grow_tree(tree_rng, cfg, size, layer)]
-    if cfg.catheter and tubes:
-        catheter = _catheter(cath_rng, tubes[0], size, layer=n_trees)
-        if catheter is not None:
-            tubes.append(catheter)
-    power = _rasterise(tubes, n_trees + 1, size)
+    catheter = _catheter(cath_rng, tubes[0], size, layer=n_trees) if cfg.catheter and tubes else None
+    if cfg.wash_in > 0:
+        tubes = _wash_in(fill_rng, tubes, n_trees, cfg.wash_in, size)
+    if catheter is not None:
+        tubes.append(catheter)
+    mask_layers, path = _rasterise(tubes, n_trees + 1, size, sum_tubes=cfg.overlap)
 
     image = _background(bg_rng, cfg, size)
+    if cfg.anatomy:
+        from vasomim.data.synthetic_scene import anatomy_log_transmission
+
+        image *= np.exp(cfg.anatomy_strength * anatomy_log_transmission(anat_rng, size))
     if cfg.collimator:
         transmission, collimated = _collimator(coll_rng, size)
-        power[:n_trees, collimated] = 0.0
+        mask_layers[:n_trees, collimated] = False
+        path[:n_trees, collimated] = 0.0
         image *= transmission
-    mask = power[:n_trees].max(axis=0) > 0
+    mask = mask_layers[:n_trees].any(axis=0)
 
     # Path length through each tube is the chord 2 sqrt(power); overlapping trees add up.
     mu = bg_rng.uniform(*cfg.contrast) / rscale
-    path = 2.0 * np.sqrt(power)
     attenuation = mu * path[:n_trees].sum(axis=0) + mu * bg_rng.uniform(*cfg.catheter_contrast) * path[n_trees]
+    if cfg.motion_blur > 0 and motion_rng.random() < cfg.motion_blur:
+        attenuation = ndimage.correlate(attenuation, _motion_kernel(motion_rng, size), mode="nearest")
     image *= np.exp(-attenuation).astype(np.float32)
 
     noise = noise_rng.standard_normal((2, size, size), dtype=np.float32)
     image += cfg.quantum_noise * np.sqrt(np.maximum(image, 0.0) / 0.5) * noise[0]
     image = ndimage.gaussian_filter(image, sigma=cfg.blur * rscale, mode="nearest")
     image += cfg.noise * noise[1]
+    if cfg.gamma != (1.0, 1.0):
+        image = np.clip(image, 0.0, 1.0) ** np.float32(motion_rng.uniform(*cfg.gamma))
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8), mask
 
 

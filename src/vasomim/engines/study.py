@@ -67,6 +67,11 @@ class StudyConfig(StrictModel):
             rows score these; without it, ``labelled`` is cross-validated.
         unlabelled: folders of unlabelled angiograms for pre-training.
         pretrain_on_labelled_images: add the labelled images, without their labels, to the corpus.
+        synthetic: synthetic frames added to every pre-training arm's corpus, generated on the fly
+            with exact vessel masks: ``{count: 3000, size: 256, seed: 0, share: 0.5}`` (``share``:
+            their share of every epoch, the real frames oversampled to fill the rest; without it
+            each frame is read once; ``preset``/``config`` as for the ``synthetic`` source).  An
+            arm overrides it, e.g. ``synthetic: {count: 0}`` for the real-only ablation.
         anatomy: :class:`~vasomim.engines.anatomy.AnatomyConfig` keys.
         segmentor: :class:`~vasomim.engines.segmentor.SegmentorConfig` keys, or ``checkpoint: PATH``.
         pretrain: :class:`~vasomim.engines.pretrain.PretrainConfig` keys shared by every arm.
@@ -93,6 +98,7 @@ class StudyConfig(StrictModel):
     held_out: str | dict | list | None = None
     unlabelled: list[str] = Field(default_factory=list)
     pretrain_on_labelled_images: bool = True
+    synthetic: dict | None = None
     anatomy: dict = Field(default_factory=dict)
     segmentor: dict = Field(default_factory=dict)
     pretrain: dict = Field(default_factory=dict)
@@ -177,8 +183,11 @@ def _run_pretrain(d: Path, config: dict, deps: dict, launcher: str | None = None
 
     from vasomim.engines.pretrain import PretrainConfig, pretrain
 
+    config = dict(config)
     a = deps["anatomy/anatomy"]
-    values = deep_merge(config, {"data": {"images": a["images"], "anatomy": a["anatomy"]}, "out": str(d)})
+    spec = _synthetic_spec(d, a, config.pop("synthetic", None))
+    data = {"spec": str(spec)} if spec else {"images": a["images"], "anatomy": a["anatomy"]}
+    values = deep_merge(config, {"data": data, "out": str(d)})
     if "segmentor/segmentor" in deps:
         values = deep_merge(values, {"consistency": {"segmentor": deps["segmentor/segmentor"]["checkpoint"]}})
     cfg = PretrainConfig.model_validate(values)
@@ -195,6 +204,31 @@ def _run_pretrain(d: Path, config: dict, deps: dict, launcher: str | None = None
     result = pretrain(cfg, resume=True)
     return {"checkpoint": result["checkpoint"], "run_dir": result["run_dir"], "last": result["last"],
             "wall_time_s": result["wall_time_s"]}
+
+
+_SYNTHETIC_KEYS = ("count", "size", "seed", "share", "preset", "config")
+
+
+def _synthetic_spec(d: Path, anatomy: dict, synthetic: dict | None) -> Path | None:
+    """Write ``<stage>/corpus.yaml``, the real anatomy corpus plus synthetic frames; None without any."""
+    import yaml
+
+    synthetic = dict(synthetic or {})
+    unknown = sorted(set(synthetic) - set(_SYNTHETIC_KEYS))
+    if unknown:
+        raise ValueError(f"synthetic: unknown key(s) {', '.join(unknown)} (expected {', '.join(_SYNTHETIC_KEYS)})")
+    if int(synthetic.get("count", 0)) <= 0:
+        return None
+    share = synthetic.pop("share", None)
+    real = {"type": "anatomy", "images": str(Path(anatomy["images"]).resolve()),
+            "anatomy": str(Path(anatomy["anatomy"]).resolve()), "name": "real"}
+    synth = {"type": "synthetic", "name": "synthetic", **synthetic}
+    if share is not None:
+        synth["share"] = float(share)
+    d.mkdir(parents=True, exist_ok=True)
+    spec = d / "corpus.yaml"
+    spec.write_text(yaml.safe_dump({"sources": [real, synth]}, sort_keys=False))
+    return spec
 
 
 def _resolve_init(init: str, deps: dict) -> str:
@@ -265,7 +299,10 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
                           cost=0.02 * cfg.segmentor.get("epochs", 200))
     pretrain: dict[str, Stage] = {}
     for arm, over in cfg.pretrain_arms.items():
-        values = deep_merge(deep_merge(cfg.pretrain, over), {"name": arm})
+        base = deep_merge(cfg.pretrain, {"synthetic": cfg.synthetic}) if cfg.synthetic else cfg.pretrain
+        values = deep_merge(deep_merge(base, over), {"name": arm})
+        if int((values.get("synthetic") or {}).get("count", 0)) <= 0:
+            values.pop("synthetic", None)  # no synthetic frames: the same stage as a study without them
         deps = [anatomy]
         if _pretrain_uses_segmentor(values):
             if seg_ckpt:

@@ -25,6 +25,12 @@ def real_data() -> Path:
 def pytest_configure(config):
     """One torch thread per test process: the tests use tiny models, and several processes (DDP
     tests, DataLoader workers) spinning on 2 shared cores would otherwise slow each other ~10x."""
+    import logging
+
     import torch
 
+    from vasomim.cli import configure_logging
+
     torch.set_num_threads(1)
+    # the library's messages reach stderr as under the command line, where capsys sees them
+    configure_logging(logging.INFO)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import re
 from pathlib import Path
 
@@ -64,6 +66,19 @@ def test_study_runs_caches_and_adds_an_arm(data, capsys):
     graph = build_stages(cfg)
     m = graph["finetune"][("scratch", 1.0)].outputs(Path(cfg.out))["metrics"]["dice"]
     assert f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}" in md
+
+    # paired per-image differences: vasomim minus scratch, recomputed from the two per-image CSVs
+    from vasomim.engines.study_report import paired_rows
+
+    (row,) = paired_rows(graph, Path(cfg.out))
+    assert row["comparison"] == "vasomim - scratch" and "Paired per-image differences" in md
+    per = {arm: {} for arm in ("vasomim", "scratch")}
+    for arm in per:
+        with open(graph["finetune"][(arm, 1.0)].outputs(Path(cfg.out))["per_image"], newline="") as fh:
+            for r in csv.DictReader(fh):
+                per[arm][r["image"]] = float(r["dice"])  # one seed: one score per image
+    diffs = [per["vasomim"][i] - per["scratch"][i] for i in per["vasomim"]]
+    assert row["ΔDSC (points)"].startswith(f"{100 * sum(diffs) / len(diffs):+.2f} ± ")
 
     run_study(cfg)
     assert ran(capsys.readouterr().err) == []  # a second run does no work

@@ -49,6 +49,40 @@ def results_rows(graph: dict, root: Path, fraction: float = 1.0) -> list[dict]:
     return rows
 
 
+def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dict]:
+    """Per label fraction, ``reference`` minus every other fine-tune arm, paired per image (in %).
+
+    Each arm's score of an image is its mean over the runs that held the image out (seeds); the
+    table gives the mean ± sample std of the per-image differences over the images, the standard
+    error and the share of images where ``reference`` is better. Empty without a ``reference`` arm.
+    """
+    import csv
+
+    from vasomim.analysis.paired import paired_difference, per_image_means
+
+    def scores(stage, metric):
+        with open(stage.outputs(root)["per_image"], newline="") as fh:
+            return per_image_means(csv.DictReader(fh), metric)
+
+    rows = []
+    fractions = sorted({frac for _, frac in graph["finetune"]})
+    for frac in fractions:
+        ref = graph["finetune"].get((reference, frac))
+        if ref is None:
+            continue
+        for (arm, f), stage in graph["finetune"].items():
+            if f != frac or arm == reference:
+                continue
+            row = {"labels": f"{frac:g}", "comparison": f"{reference} - {arm}"}
+            for metric, name in (("dice", "DSC"), ("cldice", "clDice")):
+                d = paired_difference(scores(ref, metric), scores(stage, metric))
+                row[f"Δ{name} (points)"] = f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
+                row[f"{name} s.e."] = f"{100 * d['sem']:.2f}"
+                row[f"{name} better on"] = f"{100 * d['better']:.0f}% of {d['n']}"
+            rows.append(row)
+    return rows
+
+
 def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
     """(arm, id, image01, pred, gt, dice) for the held-out images of the first run of a fine-tune arm."""
     from vasomim.engines.finetune import build_model_from_checkpoint, kfold_splits, labelled_items
@@ -264,6 +298,11 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     rep.add_table("Vessel segmentation", rows, caption=f"Mean ± standard deviation, in %. Fine-tuned arms: scores of "
                   f"{which} on the held-out images of each fold, at the original image resolution, averaged per "
                   "run; std over runs (folds x seeds). Frangi: std over images.")
+    paired = paired_rows(graph, root)
+    if paired:
+        rep.add_table("Paired per-image differences", paired, caption="vasomim minus each arm, image by image "
+                      "(each image's score averaged over the seeds that held it out), in DSC/clDice points: mean ± "
+                      "std over images, standard error, share of images where vasomim is better.")
     if len(cfg.label_fractions) > 1:
         _label_efficiency(cfg, graph, root, fig_dir)
         rep.add_figure(fig_dir / "label_efficiency.png", "DSC and clDice vs the share of training labels (Table 6).")

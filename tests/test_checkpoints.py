@@ -159,7 +159,7 @@ def test_garbage_dict_names_the_file(tmp_path):
 
 def test_unreadable_and_absent_files_name_the_file(tmp_path):
     (tmp_path / "notes.pth").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"notes\.pth: cannot read as a checkpoint"):
+    with pytest.raises(ValueError, match=r"notes\.pth: not a checkpoint"):
         load_encoder_weights(_vit_unet(), tmp_path / "notes.pth")
     with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
         load_encoder_weights(_vit_unet(), tmp_path / "absent.pth")

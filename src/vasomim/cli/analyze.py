@@ -130,19 +130,12 @@ def load_mae(path: Path, args: argparse.Namespace):
     checkpoint's config, then defaults (ViT size table by width, MAE's 16 decoder heads, the
     data pipeline's normalisation for the channel count).
     """
-    import torch
-
     from vasomim.data.transforms import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
-    from vasomim.models.checkpoints import read_state_dict
+    from vasomim.models.checkpoints import load_checkpoint, read_state_dict
     from vasomim.models.mae import MaskedAutoencoderViT
     from vasomim.models.vit import VIT_SIZES
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure becomes one line naming the file
-        raise ValueError(f"{path}: cannot read as a checkpoint ({type(exc).__name__}: {exc})") from None
+    ckpt = load_checkpoint(path)  # one line naming a missing, foreign or unsafe file
     state, _ = read_state_dict(ckpt)
     config = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
     mcfg = config.get("model") if isinstance(config.get("model"), dict) else {}

@@ -51,15 +51,12 @@ def _successive_sampling_inclusion(f: np.ndarray, k: int) -> np.ndarray:
     return incl
 
 
-def _masking_frequencies(f_row, gamma, beta, draws, seed=0, backend="auto") -> np.ndarray:
+def _masking_frequencies(f_row, gamma, beta, draws, seed=0) -> np.ndarray:
     """Per-patch masking frequency of `guided_mask` over `draws` copies of one image."""
     f = torch.as_tensor(f_row, dtype=torch.float32).expand(draws, -1).contiguous()
     gen = torch.Generator().manual_seed(seed)
-    _, _, _, mask = guided_mask(f, gamma, beta, gen, backend=backend)
+    _, _, _, mask = guided_mask(f, gamma, beta, gen)
     return mask.mean(0).numpy()
-
-
-BACKENDS = ["numpy", "torch"]
 
 
 # --- Eq. 2 ---------------------------------------------------------------------------------
@@ -126,14 +123,13 @@ def _mixed_batch(n=16):
     return f / f.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("gamma,beta", [(0.5, 0.5), (0.75, 1.0), (0.25, 0.0), (0.5, 1.0), (1.0, 0.5), (0.0, 0.0)])
-def test_guided_mask_structure(gamma, beta, backend):
+def test_guided_mask_structure(gamma, beta):
     f = _mixed_batch()
     b, n = f.shape
     n_keep, n_masked, n_guided = mask_counts(n, gamma, beta)
     ids_keep, ids_masked, ids_restore, mask = guided_mask(
-        f, gamma, beta, torch.Generator().manual_seed(0), backend=backend
+        f, gamma, beta, torch.Generator().manual_seed(0)
     )
     assert ids_keep.shape == (b, n_keep) and ids_masked.shape == (b, n_masked)
     assert ids_restore.shape == (b, n) and mask.shape == (b, n)
@@ -152,12 +148,11 @@ def test_guided_mask_structure(gamma, beta, backend):
     assert torch.all(((mask > 0) & positive).sum(1) >= positive.sum(1).clamp_max(n_guided))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_guided_mask_is_reproducible_with_a_generator(backend):
+def test_guided_mask_is_reproducible_with_a_generator():
     f = _mixed_batch()
-    a = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7), backend=backend)
-    b = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7), backend=backend)
-    c = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(8), backend=backend)
+    a = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7))
+    b = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(7))
+    c = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(8))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[3], c[3])
 
@@ -173,46 +168,13 @@ def test_a_rows_draw_depends_on_its_own_weights_only():
         assert torch.equal(x[[0, 2, 4]], y[[0, 2, 4]])
 
 
-def test_guided_mask_rejects_negative_or_nan_weights_and_bad_backends():
+def test_guided_mask_rejects_negative_or_nan_weights():
     f = _mixed_batch()
     for bad in (-0.1, float("nan")):
         g = f.clone()
         g[0, 0] = bad
         with pytest.raises(ValueError, match="non-negative"):
             guided_mask(g, 0.5, 0.5)
-    with pytest.raises(ValueError, match="backend"):
-        guided_mask(f, 0.5, 0.5, backend="cupy")
-
-
-def test_rows_whose_random_keys_tie_are_drawn_again(monkeypatch):
-    """Force every batch-level random word to be equal: every row ties in both stages (equal
-    weights give equal guided keys; equal fill bits meet at the visible/masked boundary), so
-    every row goes through the redraw path, which must still give exact counts and the law."""
-    import vasomim.masking as masking
-
-    real_sfc64 = np.random.SFC64
-
-    class ConstantBatchWords:
-        def __init__(self, seed):
-            self.real = real_sfc64(seed)
-            self.batch_level = isinstance(seed, int)
-
-        def random_raw(self, size):
-            words = self.real.random_raw(size)
-            return np.full_like(words, words[0]) if self.batch_level else words
-
-    monkeypatch.setattr(masking.np.random, "SFC64", ConstantBatchWords)
-    draws, n = 4000, 16
-    f = np.zeros(n)
-    f[:6] = 1.0  # six equal vessel patches, 2 of them guided (gamma 0.5, beta 0.25)
-    freq = _masking_frequencies(f, 0.5, 0.25, draws, backend="numpy")
-    # every mask had exactly 8 patches (a mean over rows of exact counts)
-    assert freq.sum() == pytest.approx(8.0)
-    # law: 2 guided among 6 equal patches, then 6 of the 14 left uniformly
-    p_vessel = 2 / 6 + (4 / 6) * (6 / 14)
-    p_background = 6 / 14
-    assert np.all(np.abs(freq[:6] - p_vessel) < _tolerance(p_vessel, draws))
-    assert np.all(np.abs(freq[6:] - p_background) < _tolerance(p_background, draws))
 
 
 # --- guided_mask: fallbacks and sampling law -------------------------------------------------
@@ -224,29 +186,26 @@ def _tolerance(p, draws, sigmas=5.0):
     return sigmas * np.sqrt(np.maximum(p * (1 - p), 1e-4) / draws)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fewer_positive_patches_than_guided_are_all_masked_then_uniform_fill(backend):
+def test_fewer_positive_patches_than_guided_are_all_masked_then_uniform_fill():
     n, gamma, beta = 16, 0.5, 1.0  # M = n_g = 8, only 2 positive patches
     f = np.zeros(n)
     f[[4, 11]] = [0.9, 0.1]
-    freq = _masking_frequencies(f, gamma, beta, DRAWS, backend=backend)
+    freq = _masking_frequencies(f, gamma, beta, DRAWS)
     assert freq[4] == 1.0 and freq[11] == 1.0
     others = np.delete(freq, [4, 11])
     expected = (8 - 2) / (n - 2)
     assert np.all(np.abs(others - expected) < _tolerance(expected, DRAWS))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_vessel_free_image_gets_uniform_random_masking(backend):
+def test_vessel_free_image_gets_uniform_random_masking():
     n = 16
-    freq = _masking_frequencies(np.zeros(n), 0.5, 1.0, DRAWS, backend=backend)
+    freq = _masking_frequencies(np.zeros(n), 0.5, 1.0, DRAWS)
     assert np.all(np.abs(freq - 0.5) < _tolerance(0.5, DRAWS))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_beta_zero_ignores_the_distribution(backend):
+def test_beta_zero_ignores_the_distribution():
     f = np.array([0.5, 0.2, 0.1, 0.1, 0.05, 0.05] + [0.0] * 10)
-    freq = _masking_frequencies(f, 0.5, 0.0, DRAWS, backend=backend)
+    freq = _masking_frequencies(f, 0.5, 0.0, DRAWS)
     chi2 = np.sum((freq * DRAWS - 0.5 * DRAWS) ** 2 / (0.5 * DRAWS))
     # per-patch counts are Binomial(DRAWS, 1/2); sum over 16 patches of z^2 (with correlation
     # from the fixed count) stays far below 60 under uniform masking
@@ -254,14 +213,13 @@ def test_beta_zero_ignores_the_distribution(backend):
     assert np.all(np.abs(freq - 0.5) < _tolerance(0.5, DRAWS))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_beta_one_matches_sampling_without_replacement_proportional_to_f(backend):
+def test_beta_one_matches_sampling_without_replacement_proportional_to_f():
     # 6 patches, gamma 0.5 -> M = n_g = 3: the masked set is exactly the guided draw. Its law is
     # successive sampling; proportional inclusion (min(1, 3 f)), sampling with replacement or a
     # deterministic top-k all miss these inclusion probabilities by >= 0.07 on some patch.
     f = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
     exact = _successive_sampling_inclusion(f, 3)
-    freq = _masking_frequencies(f, 0.5, 1.0, DRAWS, backend=backend)
+    freq = _masking_frequencies(f, 0.5, 1.0, DRAWS)
     reference = _reference_frequencies(f, 0.5, 1.0, 5000)
     assert np.all(np.abs(freq - exact) < _tolerance(exact, DRAWS))
     assert np.max(np.abs(freq - reference)) < 0.03
@@ -269,11 +227,10 @@ def test_beta_one_matches_sampling_without_replacement_proportional_to_f(backend
         assert np.max(np.abs(wrong - exact)) > 0.06  # the test separates these
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_partial_guidance_matches_the_brute_force_reference(backend):
+def test_partial_guidance_matches_the_brute_force_reference():
     # gamma 0.5, beta 0.5 on 16 patches: 4 guided picks from 7 positive patches, 4 uniform.
     f = np.array([0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05] + [0.0] * 9)
-    freq = _masking_frequencies(f, 0.5, 0.5, DRAWS, backend=backend)
+    freq = _masking_frequencies(f, 0.5, 0.5, DRAWS)
     reference = _reference_frequencies(f, 0.5, 0.5, 5000, seed=1)
     assert np.max(np.abs(freq - reference)) < 0.035
     # vessel patches are masked more often than background ones, which share one frequency
@@ -287,17 +244,15 @@ def test_masked_vessel_share():
     torch.testing.assert_close(masked_vessel_share(f, mask), torch.tensor([1 / 3, 0.0]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_guided_mask_accepts_float64_weights(backend):
+def test_guided_mask_accepts_float64_weights():
     f = _mixed_batch()
-    a = guided_mask(f.double(), 0.5, 0.5, torch.Generator().manual_seed(2), backend=backend)
-    b = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(2), backend=backend)
+    a = guided_mask(f.double(), 0.5, 0.5, torch.Generator().manual_seed(2))
+    b = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(2))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("n", [4096, 1025])
-def test_many_patches_use_wide_keys_with_exact_counts_and_guidance(n):
-    # more than 1024 patches: 64-bit fill keys and a second random word per patch
+def test_many_patches_keep_exact_counts_and_guidance(n):
     gen = torch.Generator().manual_seed(0)
     f = torch.zeros(3, n)
     f[0, :40] = 1.0
@@ -308,3 +263,26 @@ def test_many_patches_use_wide_keys_with_exact_counts_and_guidance(n):
     assert torch.equal(mask.sum(1), torch.full((3,), float(n_masked)))
     assert torch.all(mask[0, :40] == 1)  # 40 positive patches < n_g: all masked
     assert ((mask[1] > 0) & (f[1] > 0)).sum() >= min(n_guided, int((f[1] > 0).sum()))
+
+
+def test_the_same_seed_gives_the_same_masks_on_every_device():
+    """The noise is drawn on the CPU: a CUDA batch gets exactly the CPU batch's masks."""
+    f = _mixed_batch()
+    cpu = guided_mask(f, 0.5, 0.5, torch.Generator().manual_seed(11))
+    if not torch.cuda.is_available():
+        # without a GPU: the weights' dtype (a float32 or float64 device copy) changes nothing
+        again = guided_mask(f.double(), 0.5, 0.5, torch.Generator().manual_seed(11))
+        assert all(torch.equal(x, y) for x, y in zip(cpu, again))
+        pytest.skip("no CUDA device: the CPU/GPU equality itself runs where a GPU is present")
+    gpu = guided_mask(f.cuda(), 0.5, 0.5, torch.Generator().manual_seed(11))
+    assert all(torch.equal(x, y.cpu()) for x, y in zip(cpu, gpu))
+
+
+def test_masks_follow_mae_random_masking_when_unguided():
+    """beta 0 is MAE's random_masking: keep the K lowest noise values, in ascending noise order."""
+    gen = torch.Generator().manual_seed(5)
+    f = torch.rand(4, 16, generator=torch.Generator().manual_seed(1))
+    ids_keep, ids_masked, ids_restore, mask = guided_mask(f, 0.75, 0.0, gen)
+    noise = torch.rand(2, 4, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)[1]
+    ids_shuffle = torch.argsort(noise, dim=1)
+    assert torch.equal(ids_keep, ids_shuffle[:, :4]) and torch.equal(ids_masked, ids_shuffle[:, 4:])

@@ -574,7 +574,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
             ckpt_cfg = plain_cfg
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
-            mask_gen = torch.Generator(device).manual_seed(mix_seed(cfg.seed, epoch))
+            mask_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, epoch))  # CPU: the same masks on any device
             ddp_model.train()
             sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)  # summed on device, no sync
             lr_sum = beta_sum = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from vasomim.data.io import read_image, read_mask
@@ -145,3 +146,17 @@ def test_cli_synth(tmp_path, capsys):
     assert np.array_equal(np.rint(read_image(images[0]) * 255).astype(np.uint8), expected_image)
     assert main(["synth", str(out), "--count", "1", "--size", "8"]) == 2
     assert "--size" in capsys.readouterr().err
+
+
+def test_synth_cli_preset_writes_the_realistic_generator(tmp_path):
+    from vasomim.cli import main
+    from vasomim.data.io import read_mask
+    from vasomim.data.synthetic import SynthConfig
+
+    assert main(["synth", str(tmp_path / "r"), "--count", "2", "--size", "64", "--seed", "3", "--preset", "realistic"]) == 0
+    img = np.asarray(Image.open(tmp_path / "r" / "images" / "synth_0001.png"))
+    expected, mask = synthesize(seed=4, size=64, config=SynthConfig.realistic(size=64))
+    np.testing.assert_array_equal(img, expected)
+    np.testing.assert_array_equal(read_mask(tmp_path / "r" / "masks" / "synth_0001.png"), mask)
+    classic, _ = synthesize(seed=4, size=64)
+    assert not np.array_equal(img, classic)

@@ -516,7 +516,9 @@ def _postprocess(
         thr = thr.astype(np.float32)  # the float recipes compare in float32, as they always have
     binary = (maps >= thr[:, None, None]) & (maps > floors[:, None, None])
     masks, seeds = _components(binary, maps, floors, recipe.components, int(round(MIN_COMPONENT * H * W)))
-    edge_band = fov_margin(sigmas) + 2.0 * max(float(s) for s in sigmas)
+    # the collimator's edge responds within ~2 sigma of it, on either side; the fov recipe's margin
+    # (3 sigma) keeps its own masks out of this band
+    edge_band = 2.0 * max(float(s) for s in sigmas)
     near_edge = np.abs(dist) <= edge_band
     results = []
     for b in range(B):

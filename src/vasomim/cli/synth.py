@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--count", type=int, default=100, help="number of image/mask pairs (default: 100)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels, at least 32 (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image (default: 0)")
+    parser.add_argument("--preset", choices=("classic", "realistic"), default="classic",
+                        help="classic: the original generator (default); realistic: chest anatomy, contrast "
+                             "wash-in, motion blur, tuned against real frames (see BENCHMARKS.md)")
     parser.add_argument("--no-catheter", action="store_true", help="do not draw a catheter")
     parser.add_argument("--no-collimator", action="store_true", help="do not draw a collimator edge")
     parser.set_defaults(func=run)
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         print(f"vasomim synth: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
-    config = SynthConfig(size=args.size, catheter=not args.no_catheter, collimator=not args.no_collimator)
+    options = dict(size=args.size, catheter=not args.no_catheter, collimator=not args.no_collimator)
+    config = SynthConfig.realistic(**options) if args.preset == "realistic" else SynthConfig(**options)
     images = write_dataset(args.out_dir, args.count, seed=args.seed, config=config)
     print(f"{len(images)} synthetic image/mask pairs of {args.size}x{args.size} in {args.out_dir}")
     return 0

@@ -2,7 +2,7 @@
 
 pydicom >= 3 is an optional dependency (``pip install 'vasomim[dicom]'``); it is imported only when
 a DICOM file is actually read, and its absence (or an older version) gives an
-:class:`~vasomim.data.io.ImageReadError` that says how to install it.
+:class:`~vasomim.data.errors.ImageReadError` that says how to install it.
 
 The DICOM reading rule, applied to every frame (PS3.3 C.11: modality LUT, then VOI LUT, then the
 photometric interpretation). The transforms are pydicom's (``pydicom.pixels.apply_modality_lut``
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, _first_line
+from vasomim.data.errors import IMAGE_SUFFIXES, ImageReadError, first_line
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _FRAME_ID = re.compile(r"^(?P<path>.+)#f(?P<frame>\d+)$")
@@ -107,7 +107,7 @@ def read_dicom_header(path: str | os.PathLike) -> Any:
     except pydicom.errors.InvalidDicomError:
         raise ImageReadError(p, "not a DICOM file (no DICM preamble)") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
-        raise ImageReadError(p, f"unreadable DICOM header ({_first_line(exc)})") from None
+        raise ImageReadError(p, f"unreadable DICOM header ({first_line(exc)})") from None
     return ds
 
 
@@ -129,7 +129,7 @@ def _decode(path: str | os.PathLike, index: int | None) -> tuple[Any, np.ndarray
     try:
         arr = pydicom.pixels.pixel_array(os.fspath(path), index=index)  # decodes only the frame asked for
     except Exception as exc:  # missing PixelData, unsupported transfer syntax, truncated data, ...
-        raise ImageReadError(path, f"cannot decode DICOM pixel data ({_first_line(exc)})") from None
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({first_line(exc)})") from None
     colour = ds.get("SamplesPerPixel", 1) > 1
     if index is not None or n_frames == 1:
         arr = arr[None]
@@ -205,7 +205,7 @@ def _voi(ds: Any, values: np.ndarray, path: str | os.PathLike) -> np.ndarray:
             lo, hi = _modality_range(ds)  # pydicom maps the window onto this range
             return np.clip((apply_voi_lut(values, ds, prefer_lut=False) - lo) / (hi - lo), 0.0, 1.0)
     except (ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError) as exc:
-        raise ImageReadError(path, f"invalid DICOM VOI LUT or window ({_first_line(exc)})") from None
+        raise ImageReadError(path, f"invalid DICOM VOI LUT or window ({first_line(exc)})") from None
     lo, hi = sorted(_modality_range(ds))
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
 
@@ -235,7 +235,7 @@ def _to_gray(ds: Any, arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
         try:
             values = apply_modality_lut(arr, _lut_widened(ds)).astype(np.float64)
         except (ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise ImageReadError(path, f"invalid DICOM modality LUT ({_first_line(exc)})") from None
+            raise ImageReadError(path, f"invalid DICOM modality LUT ({first_line(exc)})") from None
         out = _voi(ds, values, path)
         if photometric == "MONOCHROME1":
             out = 1.0 - out

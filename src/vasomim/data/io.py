@@ -35,39 +35,14 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from vasomim.data.dicom import is_dicom_file, read_dicom_frame, read_dicom_header, split_frame_id
+from vasomim.data.errors import IMAGE_SUFFIXES, ImageReadError, first_line
 
 
 def looked_for(dicom: bool = True) -> str:
     """The files a folder is searched for, in words (for "no images found" errors)."""
     return (f"looked for {', '.join(IMAGE_SUFFIXES)}" + (", .dcm, .dicom and files with a DICOM preamble"
                                                          if dicom else "") + ", recursively")
-
-
-class ImageReadError(ValueError):
-    """A file that cannot be used as an image or mask. ``str(err)`` is one line: ``path: reason``.
-
-    Parameters
-    ----------
-    path:
-        The offending file (or item id such as ``run.dcm#f003``).
-    reason:
-        What is wrong, one line.  ``None`` means ``path`` is already the whole message: that is how
-        a DataLoader re-raises an error from a worker process (with the worker's traceback).
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str | None = None):
-        self.path = str(path)
-        self.reason = None if reason is None else " ".join(str(reason).splitlines())
-        super().__init__(self.path if self.reason is None else f"{self.path}: {self.reason}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -88,12 +63,12 @@ def _open(path: str | os.PathLike) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageReadError(p, "not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(p, f"unreadable image header ({_first_line(exc)})") from None
+        raise ImageReadError(p, f"unreadable image header ({first_line(exc)})") from None
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         img.close()
-        raise ImageReadError(p, f"corrupt or truncated image ({_first_line(exc)})") from None
+        raise ImageReadError(p, f"corrupt or truncated image ({first_line(exc)})") from None
     return img
 
 
@@ -154,8 +129,6 @@ class ImageInfo:
 
 def image_info(path: str | os.PathLike) -> ImageInfo:
     """Read the header of an image or DICOM file (``path#fNNN`` ids are accepted): size, mode, frames."""
-    from vasomim.data.dicom import is_dicom_file, read_dicom_header, split_frame_id
-
     base, _frame = split_frame_id(path)
     if is_dicom_file(base):
         ds = read_dicom_header(base)
@@ -172,7 +145,7 @@ def image_info(path: str | os.PathLike) -> ImageInfo:
     except UnidentifiedImageError:
         raise ImageReadError(p, "not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(p, f"unreadable image header ({_first_line(exc)})") from None
+        raise ImageReadError(p, f"unreadable image header ({first_line(exc)})") from None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -184,8 +157,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         An image file (png/jpg/bmp/tif, any Pillow mode), a DICOM file, or one frame of a
         multi-frame file written ``path#f012``.
     """
-    from vasomim.data.dicom import is_dicom_file, read_dicom_frame, split_frame_id
-
     base, frame = split_frame_id(path)
     if frame is not None and Path(path).exists():  # a file whose name really ends in "#f<digits>"
         base, frame = os.fspath(path), None
@@ -200,7 +171,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 img.seek(frame)
                 img.load()
             except (OSError, EOFError, ValueError) as exc:
-                raise ImageReadError(base, f"corrupt frame {frame} ({_first_line(exc)})") from None
+                raise ImageReadError(base, f"corrupt frame {frame} ({first_line(exc)})") from None
         return pil_to_gray_array(img, path)
 
 

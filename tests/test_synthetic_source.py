@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from vasomim.data.datasets import PretrainDataset
 from vasomim.data.sources import FolderSource, load_source
 from vasomim.data.synthetic import SynthConfig, synthesize, write_dataset
-from vasomim.data.synthetic_source import MixSource, SyntheticSource, mix_counts
+from vasomim.data.sources.synthetic import MixSource, SyntheticSource, mix_counts
 
 
 def test_items_are_deterministic_per_seed_and_index_and_match_vasomim_synth(tmp_path):

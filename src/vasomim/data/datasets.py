@@ -15,9 +15,9 @@ Bad files at training time raise :class:`~vasomim.data.io.ImageReadError` (from 
 reaches the main process as a DataLoader error naming the file).  Training data is meant to be
 checked first with ``vasomim data check``, which lists every failing file at once.
 
-Items may be generated rather than read (:class:`~vasomim.data.synthetic_source.SyntheticItem`,
+Items may be generated rather than read (:class:`~vasomim.data.sources.synthetic.SyntheticItem`,
 deterministic per seed and index); a mixed source (``share`` in a data spec,
-:class:`~vasomim.data.synthetic_source.MixSource`) lists some items several times, so that every
+:class:`~vasomim.data.sources.synthetic.MixSource`) lists some items several times, so that every
 epoch draws each source at its share.
 
 Randomness: each sample draws its transform generator from :func:`sample_rng`, seeded from

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vasomim.data.sources import Item, Source, _summary
+from vasomim.data.sources.base import Item, Source, summary
 from vasomim.data.synthetic import MIN_SIZE, SynthConfig, synthesize
 
 __all__ = ["SyntheticItem", "SyntheticSource", "MixSource", "mix_counts", "PRESETS"]
@@ -218,7 +218,7 @@ class MixSource(Source):
         problems = [p for s in self.sources for p in s.problems]
         empty = [s.describe() for s in self.sources if not s.items]
         if empty:
-            raise ValueError(_summary("mix: sources without items", empty))
+            raise ValueError(summary("mix: sources without items", empty))
         ids = [it.id for s in self.sources for it in s.items]
         if len(set(ids)) != len(ids):
             raise ValueError("mix: item ids occur in more than one source (give each source a name)")

@@ -32,7 +32,8 @@ from typing import Iterable
 import numpy as np
 from pydantic import Field, field_validator
 
-from vasomim.anatomy import DEFAULT_ALPHA, DEFAULT_BORDER, DEFAULT_RECIPE, DEFAULT_SIGMAS, RECIPES, anatomy_details
+from vasomim.anatomy import (DEFAULT_ALPHA, DEFAULT_BORDER, DEFAULT_RECIPE, DEFAULT_SIGMAS, RECIPES, anatomy_details,
+                             extract_anatomy)
 from vasomim.config import StrictModel
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, looked_for, read_image, write_png_atomic
 
@@ -124,6 +125,13 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict]:
                 if isinstance(rec, dict) and "file" in rec:
                     records[rec["file"]] = rec
     return records
+
+
+def frangi_prediction(image, config: dict):
+    """The Frangi/Sato baseline's mask of a [0, 1] image (``config``: the frangi stage's recipe, alpha and
+    border; border None scales the default 20 px at 512 px to the image)."""
+    border = config["border"] if config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
+    return extract_anatomy(image * 255.0, recipe=config.get("recipe", "paper"), alpha=config["alpha"], border=border)
 
 
 @dataclass

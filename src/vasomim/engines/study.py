@@ -33,9 +33,16 @@ from typing import Any
 
 from pydantic import Field
 
+from vasomim.anatomy import DEFAULT_RECIPE
 from vasomim.config import StrictModel, deep_merge
-from vasomim.engines.finetune import labelled_items
+from vasomim.engines.anatomy import AnatomyConfig, frangi_prediction, list_images, run_anatomy
+from vasomim.engines.evaluate import csv_text, summarize_rows, write_atomic
+from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items
+from vasomim.engines.pretrain import PretrainConfig, pretrain
+from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
 from vasomim.engines.stages import Stage, run_stages
+from vasomim.engines.study_report import write_study_report
+from vasomim.metrics import evaluate_pair
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +130,6 @@ def _say(line: str) -> None:
 
 def _corpus_listing(cfg: StudyConfig) -> list[tuple[str, str]]:
     """(link name, target) for every corpus image: unlabelled folders, then the labelled images."""
-    from vasomim.engines.anatomy import list_images
-
     entries: list[tuple[str, str]] = []
     for k, folder in enumerate(cfg.unlabelled):
         root = Path(folder).resolve()
@@ -151,8 +156,6 @@ def _run_corpus(d: Path, config: dict, deps: dict) -> dict:
 
 
 def _run_anatomy(d: Path, config: dict, deps: dict) -> dict:
-    from vasomim.engines.anatomy import AnatomyConfig, run_anatomy
-
     images = deps["corpus/corpus"]["images"]
     summary = run_anatomy(images, d / "masks", AnatomyConfig(**config), progress=True)
     if summary.failures or summary.previous_failures:
@@ -162,8 +165,6 @@ def _run_anatomy(d: Path, config: dict, deps: dict) -> dict:
 
 
 def _run_segmentor(d: Path, config: dict, deps: dict) -> dict:
-    from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
-
     a = deps["anatomy/anatomy"]
     cfg = SegmentorConfig(**deep_merge(config, {"images": a["images"], "anatomy": a["anatomy"], "out": str(d)}))
     summary = train_segmentor(cfg, resume=True)
@@ -180,8 +181,6 @@ def _run_pretrain(d: Path, config: dict, deps: dict, launcher: str | None = None
     import subprocess
 
     import yaml
-
-    from vasomim.engines.pretrain import PretrainConfig, pretrain
 
     config = dict(config)
     a = deps["anatomy/anatomy"]
@@ -240,8 +239,6 @@ def _resolve_init(init: str, deps: dict) -> str:
 
 
 def _run_spt(d: Path, config: dict, deps: dict) -> dict:
-    from vasomim.engines.finetune import FinetuneConfig, finetune
-
     a = deps["anatomy/anatomy"]
     values = deep_merge(config, {"data": {"type": "anatomy", "images": a["images"], "anatomy": a["anatomy"]},
                                  "out": str(d), "folds": 1, "seeds": [config.get("seeds", [0])[0]]})
@@ -250,8 +247,6 @@ def _run_spt(d: Path, config: dict, deps: dict) -> dict:
 
 
 def _run_finetune(d: Path, config: dict, deps: dict) -> dict:
-    from vasomim.engines.finetune import FinetuneConfig, finetune
-
     values = dict(config)
     values["init"] = _resolve_init(values.get("init", "scratch"), deps)
     values["out"] = str(d)
@@ -260,19 +255,7 @@ def _run_finetune(d: Path, config: dict, deps: dict) -> dict:
             "wall_s": summary["wall_s"]}
 
 
-def frangi_prediction(image, config: dict):
-    """The Frangi/Sato baseline's mask of a [0, 1] image (``config``: the frangi stage's recipe, alpha and
-    border; border None scales the default 20 px at 512 px to the image)."""
-    from vasomim.anatomy import extract_anatomy
-
-    border = config["border"] if config["border"] is not None else max(1, round(20 * min(image.shape) / 512))
-    return extract_anatomy(image * 255.0, recipe=config.get("recipe", "paper"), alpha=config["alpha"], border=border)
-
-
 def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
-    from vasomim.engines.evaluate import csv_text, summarize_rows, write_atomic
-    from vasomim.metrics import evaluate_pair
-
     rows = []
     for it in labelled_items(config["labelled"]):
         image = it.load_image()
@@ -341,8 +324,6 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
     frangi: list[Stage] = []
     if cfg.frangi:
         # the paper's baseline row (its recipe), then the study's own anatomy recipe when it differs
-        from vasomim.anatomy import DEFAULT_RECIPE
-
         scored = cfg.held_out if cfg.held_out is not None else cfg.labelled
         base = {"labelled": scored, "alpha": cfg.anatomy.get("alpha", 92.0), "border": cfg.anatomy.get("border")}
         for recipe in dict.fromkeys(["paper", cfg.anatomy.get("recipe", DEFAULT_RECIPE)]):
@@ -364,6 +345,4 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, command: str | None = Non
         return None
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.json").write_text(json.dumps(cfg.model_dump(), indent=2, default=str))
-    from vasomim.engines.study_report import write_study_report
-
     return write_study_report(cfg, graph, root, report, time.perf_counter() - t0, command)

@@ -112,7 +112,7 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
     import csv
 
     from vasomim.engines.finetune import labelled_items
-    from vasomim.engines.study import frangi_prediction
+    from vasomim.engines.anatomy import frangi_prediction
 
     with open(stage.outputs(root)["per_image"], newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: float(r["dice"]))

@@ -14,11 +14,11 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vasomim.models.checkpoints import (
     adapt_patch_embed,
-    encoder_state_dict,
-    export_encoder,
     load_encoder_weights,
     read_state_dict,
+    split_encoder,
 )
+from vasomim.models.export import export_encoder
 from vasomim.models.segmentation import ViTUNet
 
 DIMS = dict(embed_dim=64, depth=2, num_heads=2)
@@ -246,14 +246,14 @@ def test_gray_checkpoint_into_rgb_model_repeats_and_divides(tmp_path):
         adapt_patch_embed(torch.zeros(8, 3, 16, 16), 4)
 
 
-def test_encoder_state_dict_splits_flavours():
-    enc, others = encoder_state_dict({"_orig_mod.module.blocks.0.norm1.weight": torch.ones(2),
+def test_split_encoder_splits_flavours():
+    enc, others = split_encoder({"_orig_mod.module.blocks.0.norm1.weight": torch.ones(2),
                                       "module.decoder_norm.weight": torch.ones(2),
                                       "norm.bias": torch.zeros(2)})
     assert sorted(enc) == ["blocks.0.norm1.weight", "norm.bias"]
     assert others == ["decoder_norm.weight"]
     # in a segmentation layout only the encoder.* keys count, even if others look like encoder keys
-    enc, others = encoder_state_dict({"encoder.cls_token": torch.zeros(1), "norm.weight":
+    enc, others = split_encoder({"encoder.cls_token": torch.zeros(1), "norm.weight":
                                       torch.ones(1)})
     assert list(enc) == ["cls_token"] and others == ["norm.weight"]
 
@@ -320,3 +320,25 @@ def test_adaptation_errors_name_the_file(tmp_path):
     torch.save(enc, tmp_path / "odd_grid.pth")
     with pytest.raises(ValueError, match=r"odd_grid\.pth: pos_embed with 19 grid tokens"):
         load_encoder_weights(_vit_unet(), tmp_path / "odd_grid.pth")
+
+
+def _hand_written_pos_embed_resample(pos_embed: torch.Tensor, grid: tuple[int, int], prefix: int = 1) -> torch.Tensor:
+    """The resampling vasomim wrote by hand before it used timm's (kept here as the reference)."""
+    side = int(round((pos_embed.shape[1] - prefix) ** 0.5))
+    head, tokens = pos_embed[:, :prefix], pos_embed[:, prefix:]
+    dim = tokens.shape[-1]
+    tokens = tokens.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    tokens = torch.nn.functional.interpolate(tokens, size=tuple(grid), mode="bicubic", align_corners=False)
+    tokens = tokens.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([head, tokens], dim=1)
+
+
+@pytest.mark.parametrize("old, new", [(4, (8, 8)), (14, (8, 12)), (8, (5, 3)), (4, (6, 6))])
+def test_loaded_pos_embed_equals_the_hand_written_resampling(tmp_path, old, new):
+    """timm's resample_abs_pos_embed (no anti-aliasing) gives the weights the hand-written code gave."""
+    enc = _timm_encoder_state(img_size=16 * old)
+    torch.save({"model": enc}, tmp_path / "ckpt.pth")
+    model = _vit_unet(img_size=(16 * new[0], 16 * new[1]))
+    load_encoder_weights(model, tmp_path / "ckpt.pth")
+    expected = _hand_written_pos_embed_resample(enc["pos_embed"], new)
+    torch.testing.assert_close(model.encoder.pos_embed.detach(), expected, rtol=0, atol=0)

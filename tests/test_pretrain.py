@@ -268,7 +268,8 @@ def test_configs_load_with_the_paper_settings():
     tiny = load("tiny_cpu")
     assert (tiny.data.img_size, tiny.model.size, tiny.model.decoder_embed_dim) == (128, "tiny", 128)
     assert (tiny.batch_size, tiny.optim.warmup_epochs, tiny.device) == (16, 2, "cpu") and not tiny.model.norm_pix_loss
-    assert len(list((CONFIG_DIR / "pretrain").glob("*.yaml"))) == len(expected) + 5  # + paper, tiny, 3 ratios
+    # + paper, tiny, 3 ratios, the U-Net's paper-scale and CPU configs (test_unet_mim_runs.py)
+    assert len(list((CONFIG_DIR / "pretrain").glob("*.yaml"))) == len(expected) + 7
 
 
 def test_clear_errors(data, tmp_path, capsys):

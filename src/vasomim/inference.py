@@ -2,9 +2,9 @@
 
 Below the engines (``predict``, ``evaluate``, ``finetune`` import it; it imports none of them):
 
-* :func:`build_network` / :func:`model_from_checkpoint` rebuild a fine-tuned network from the
-  ``config["network"]`` a checkpoint carries; :func:`load_model` also takes an exported model
-  folder (``model.safetensors`` + ``config.json``, no pickle) or a shipped model name, and returns
+* :func:`build_network` builds the network a ``config["network"]`` describes;
+  :func:`load_model` takes a checkpoint or an exported model folder (through the one loader,
+  :func:`vasomim.models.checkpoints.model_from_checkpoint`) or a shipped model name, and returns
   the network in eval mode with its input convention attached (``model.input_spec``).
 * :func:`sliding_window` is the numeric core, a pure function on tensors: pad a normalised batch to
   the network's window (or grid), cut overlapping windows, run them as batches, blend them with
@@ -19,7 +19,6 @@ Below the engines (``predict``, ``evaluate``, ``finetune`` import it; it imports
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -30,6 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vasomim.data.io import ImageReadError, pil_to_gray_array, read_image
+from vasomim.data.transforms import TransformConfig, normalize, resize
+from vasomim.metrics import resize_to
+from vasomim.models.checkpoints import model_from_checkpoint, strip_wrappers
+from vasomim.models.segmentation import PATCH_SIZE, build_segmentation_model
 from vasomim.shipped import find as find_shipped
 from vasomim.shipped import list_shipped
 
@@ -49,15 +53,12 @@ __all__ = [
     "resolve_device",
     "segment",
     "sliding_window",
+    "strip_wrappers",
     "window_starts",
 ]
 
 #: Shipped model names -> a function returning a local model folder or checkpoint path.
 MODEL_REGISTRY: dict[str, Callable[[], str | os.PathLike]] = {}
-
-#: ``config.json`` ``format`` of an exported model folder.
-MODEL_FORMAT = "vasomim-segmentation"
-
 
 def register_model(name: str, locate: Callable[[], str | os.PathLike]) -> None:
     """Make ``load_model(name)`` load what ``locate()`` returns (a model folder or checkpoint)."""
@@ -93,8 +94,6 @@ def input_spec(img_size: int, in_chans: int, scale: float | None = None) -> dict
     -------
     ``{"size", "channels", "mean", "std", "scale"}``.
     """
-    from vasomim.data.transforms import TransformConfig
-
     mean, std = TransformConfig(size=img_size, channels=in_chans).stats()
     return {"size": int(img_size), "channels": int(in_chans), "mean": list(mean), "std": list(std),
             "scale": None if scale is None else float(scale)}
@@ -116,8 +115,6 @@ def network_grid(network: dict) -> int:
     """The multiple an input side must be: the ViT patch (16), or ``2**levels`` for the CNN U-Net."""
     if network.get("arch") == "unet":
         return 2 ** int(network.get("levels", 4))
-    from vasomim.models.segmentation import PATCH_SIZE
-
     return PATCH_SIZE
 
 
@@ -129,8 +126,6 @@ def as_gray(image: np.ndarray | str | os.PathLike, name: str = "<array>") -> np.
     ``(H, W, 3|4)`` uint8 colour to luminance.
     """
     from PIL import Image
-
-    from vasomim.data.io import ImageReadError, pil_to_gray_array, read_image
 
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
@@ -157,75 +152,7 @@ def as_gray(image: np.ndarray | str | os.PathLike, name: str = "<array>") -> np.
 
 def build_network(spec: dict) -> nn.Module:
     """The segmentation network described by a checkpoint's ``config["network"]`` (random weights)."""
-    from vasomim.models.segmentation import build_segmentation_model
-
     return build_segmentation_model(**spec)
-
-
-def strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys without DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes."""
-    from vasomim.models.checkpoints import WRAPPER_PREFIXES
-
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
-
-
-def _fill(model: nn.Module, state: dict, source: str) -> nn.Module:
-    try:
-        model.load_state_dict(strip_wrappers(state), strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{source}: weights do not fit the network in its config "
-                         f"({str(exc).splitlines()[0]})") from None
-    return model.eval()
-
-
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild a fine-tuned network from ``best.pth`` / ``last.pth`` (weights loaded, eval mode).
-
-    Returns
-    -------
-    ``(model, config)``; ``config["network"]`` rebuilt the network and ``config["input"]`` is
-    its input convention (:func:`input_spec`).
-
-    Raises
-    ------
-    FileNotFoundError, ValueError:
-        one line naming the file, when it is missing, unreadable or not a vasomim segmentation
-        checkpoint.
-    """
-    from vasomim.models.checkpoints import load_checkpoint
-
-    path = Path(path)
-    ckpt = load_checkpoint(path)  # one line naming the file for a missing, foreign or unsafe file
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not isinstance(config, dict) or "network" not in config or "input" not in config:
-        raise ValueError(f"{path}: not a vasomim segmentation checkpoint (no config.network/input); "
-                         "use one written by `vasomim finetune`")
-    return _fill(build_network(config["network"]), ckpt["model"], str(path)), config
-
-
-def model_from_folder(folder: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild a network from an exported folder (``config.json`` + ``model.safetensors``)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{folder / 'config.json'}: cannot read the model config ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{folder / 'config.json'}: not a vasomim model config "
-                         f"(format is not {MODEL_FORMAT!r})")
-    try:
-        state = load_file(str(folder / "model.safetensors"), device="cpu")
-    except Exception as exc:
-        raise ValueError(f"{folder / 'model.safetensors'}: cannot read the weights "
-                         f"({type(exc).__name__}: {exc})") from None
-    return _fill(build_network(config["network"]), state, str(folder)), config
 
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "auto") -> nn.Module:
@@ -246,9 +173,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "au
     ``channels``, ``mean``, ``std``, ``scale``) and ``model.network_spec`` its architecture.
     """
     path = Path(path_or_name)
-    if path.is_dir():
-        model, config = model_from_folder(path)
-    elif path.is_file():
+    if path.is_dir() or path.is_file():
         model, config = model_from_checkpoint(path)
     elif str(path_or_name) in MODEL_REGISTRY:
         return load_model(MODEL_REGISTRY[str(path_or_name)](), device)
@@ -371,9 +296,6 @@ def predict_images(
     ``tta`` averages the probabilities with those of the horizontally flipped image. Images that
     come out at the same network size run as one batch.
     """
-    from vasomim.data.transforms import normalize, resize
-    from vasomim.metrics import resize_to
-
     if mode not in ("native", "resize"):
         raise ValueError(f"unknown inference mode {mode!r}; choose 'native' or 'resize'")
     model.eval()

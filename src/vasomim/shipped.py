@@ -130,10 +130,9 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
     import torch
 
     from vasomim import __version__
-    from vasomim.inference import model_from_checkpoint
+    from vasomim.models.checkpoints import load_checkpoint, model_from_checkpoint, read_state_dict
+    from vasomim.models.export import encoder_pretrained_cfg, export_encoder, export_model_folder
     from vasomim.models.timm_names import TIMM_SIZES
-    from vasomim.models.checkpoints import (encoder_pretrained_cfg, export_encoder, export_model_folder,
-                                            load_checkpoint, read_state_dict)
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -131,54 +131,13 @@ def load_mae(path: Path, args: argparse.Namespace):
     data pipeline's normalisation for the channel count).
     """
     from vasomim.data.transforms import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
-    from vasomim.models.checkpoints import load_checkpoint, read_state_dict
-    from vasomim.models.mae import MaskedAutoencoderViT
-    from vasomim.models.vit import VIT_SIZES
+    from vasomim.models.checkpoints import model_from_checkpoint
 
-    ckpt = load_checkpoint(path)  # one line naming a missing, foreign or unsafe file
-    state, _ = read_state_dict(ckpt)
-    config = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
-    mcfg = config.get("model") if isinstance(config.get("model"), dict) else {}
-    if "patch_embed.proj.weight" not in state or "decoder_pred.weight" not in state:
-        raise ValueError(f"{path}: not an MAE checkpoint (no patch_embed.proj.weight / decoder_pred.weight)")
-
+    hints = {"num_heads": args.num_heads, "decoder_num_heads": args.decoder_num_heads, "img_size": args.img_size,
+             "norm_pix_loss": (args.norm_pix == "yes") if args.norm_pix else None}
+    model, config = model_from_checkpoint(path, kind="mae", hints=hints)
     data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
-    embed_dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
-    n_patches = state["pos_embed"].shape[1] - 1
-    img_size = args.img_size or mcfg.get("img_size") or data_cfg.get("img_size")
-    if img_size is None:
-        side = round(n_patches**0.5)
-        if side * side != n_patches:
-            raise ValueError(f"{path}: {n_patches} patches is not a square grid; give --img-size")
-        img_size = side * patch
-
-    def count(prefix: str) -> int:
-        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
-
-    by_width = {d["embed_dim"]: d["num_heads"] for d in VIT_SIZES.values()}
-    size_heads = VIT_SIZES.get(mcfg.get("size"), {}).get("num_heads")
-    num_heads = args.num_heads or mcfg.get("num_heads") or size_heads or by_width.get(embed_dim)
-    if num_heads is None:
-        raise ValueError(f"{path}: cannot tell the encoder's attention heads (width {embed_dim}); give --num-heads")
-    model = MaskedAutoencoderViT(
-        img_size=img_size,
-        patch_size=patch,
-        in_chans=in_chans,
-        embed_dim=embed_dim,
-        depth=count("blocks."),
-        num_heads=num_heads,
-        decoder_embed_dim=state["decoder_embed.weight"].shape[0],
-        decoder_depth=count("decoder_blocks."),
-        decoder_num_heads=args.decoder_num_heads or mcfg.get("decoder_num_heads") or 16,
-        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-        norm_pix_loss=(args.norm_pix == "yes") if args.norm_pix else bool(mcfg.get("norm_pix_loss", False)),
-    )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the rebuilt MAE ({str(exc).splitlines()[0]})") from None
-    model.eval()
-    default_mean, default_std = (GRAY_MEAN, GRAY_STD) if in_chans == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+    default_mean, default_std = (GRAY_MEAN, GRAY_STD) if model.in_chans == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     mean = tuple(args.mean or data_cfg.get("mean") or default_mean)
     std = tuple(args.std or data_cfg.get("std") or default_std)
     label = str(config.get("name") or path.stem)
@@ -285,16 +244,9 @@ def run_reconstruction(args: argparse.Namespace) -> int:
 
 def _load_segmentor(path: Path):
     from vasomim.losses import freeze
-    from vasomim.models.checkpoints import read_state_dict
-    from vasomim.models.unext import UNeXt
+    from vasomim.models.checkpoints import model_from_checkpoint
 
-    state, source = read_state_dict(path)
-    segmentor = UNeXt()
-    try:
-        segmentor.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{source}: not a UNeXt-S segmentor ({str(exc).splitlines()[0]})") from None
-    return freeze(segmentor)
+    return freeze(model_from_checkpoint(path, kind="segmentor")[0])
 
 
 def run_clustering(args: argparse.Namespace) -> int:

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from vasomim.models.checkpoints import encoder_pretrained_cfg, export_encoder, read_state_dict
+    from vasomim.models.checkpoints import read_state_dict
+    from vasomim.models.export import encoder_pretrained_cfg, export_encoder
 
     to = Path(args.to)
     folder = to.suffix.lower() not in (".safetensors", ".pth", ".pt")
@@ -157,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _export_network(args: argparse.Namespace, config, to) -> int:
     """``DIR/model/`` and ``DIR/model.onnx`` of a fine-tuned checkpoint."""
-    from vasomim.inference import model_from_checkpoint
-    from vasomim.models.checkpoints import export_model_folder, export_onnx
+    from vasomim.models.checkpoints import model_from_checkpoint
+    from vasomim.models.export import export_model_folder, export_onnx
 
     if not (isinstance(config, dict) and "network" in config and "input" in config):
         print("note: not a fine-tuned segmentation checkpoint; only the encoder was exported")

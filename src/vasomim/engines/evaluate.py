@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_mask
-from vasomim.data.sources import Item, scan_files
+from vasomim.data.sources import Item, load_source, scan_files
+from vasomim.inference import resolve_device
 from vasomim.metrics import binarize, evaluate_pair, summarize
+from vasomim.models.checkpoints import model_from_checkpoint
 
 __all__ = [
     "METRICS",
@@ -172,9 +174,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data, batch_size: int = 8
     batch_size, device, workers, threshold, progress, mode, tta:
         See :func:`score_items`; ``device="auto"`` picks CUDA when available.
     """
-    from vasomim.data.sources import load_source
-    from vasomim.inference import model_from_checkpoint, resolve_device
-
     dev = resolve_device(device)
     model, config = model_from_checkpoint(checkpoint)
     source = load_source(data)

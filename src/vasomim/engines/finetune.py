@@ -95,7 +95,7 @@ CHECKPOINT_KIND = "vasomim_segmentation"
 
 #: Config keys that may change between an interrupted run and its resume.
 RESUMABLE_CHANGES = ("out", "device", "workers", "seeds", "val_every", "save_every", "epochs", "select",
-                     "only_folds")
+                     "only_folds", "init_decoder")  # init_decoder: read at the start only (and older runs lack it)
 
 
 class AugmentConfig(StrictModel):
@@ -141,6 +141,7 @@ class FinetuneConfig(StrictModel):
         "None: img_size / the training images' median side (a whole image fits one window); 1: native")
     in_chans: Literal[1, 3] = 1
     init: str = Field("scratch", description="'scratch', a checkpoint path or a shipped encoder (vasomim models)")
+    init_decoder: bool = Field(False, description="unet: also load the decoder of a U-Net pre-training checkpoint")
     # optimisation
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -189,6 +190,9 @@ class FinetuneConfig(StrictModel):
             raise ValueError(f"val_data gives the held-out images: folds must be 1, got {self.folds}")
         if self.only_folds is not None and any(not 0 <= f < self.folds for f in self.only_folds):
             raise ValueError(f"only_folds {self.only_folds} must be fold numbers in 0..{self.folds - 1}")
+        if self.init_decoder and self.arch != "unet":
+            raise ValueError("init_decoder applies to arch unet (a vit_unet loads a segmentation checkpoint's decoder "
+                             "by itself)")
         if self.arch == "unet" and self.img_size % 2**self.levels:
             raise ValueError(f"img_size {self.img_size} must be divisible by 2**levels = {2**self.levels}")
         return self
@@ -212,7 +216,7 @@ def network_spec(cfg: FinetuneConfig) -> dict:
     return spec
 
 
-def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
+def initialize(model: nn.Module, init: str, arch: str, init_decoder: bool = False) -> list[str]:
     """Fill ``model`` from ``init``; return one line per thing done (for the log).
 
     * ``"scratch"``: nothing.
@@ -222,7 +226,9 @@ def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
       adapted); when the checkpoint is a segmentation checkpoint (``encoder.*`` keys) whose
       decoder has exactly the model's decoder names and shapes, the decoder too, so the whole
       network starts from it (SPT). A decoder that differs is left random and named.
-    * ``unet``: a U-Net state dict of the same shape, loaded strictly.
+    * ``unet``: a U-Net state dict of the same shape, loaded strictly; or a U-Net pre-training
+      checkpoint or shipped U-Net encoder: its encoder, plus its decoder with ``init_decoder``
+      (:func:`~vasomim.models.unet_mim.load_pretrained_unet`).
 
     Parameters
     ----------
@@ -232,6 +238,8 @@ def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
         ``"scratch"`` or a checkpoint path.
     arch:
         ``"vit_unet"`` or ``"unet"``.
+    init_decoder:
+        ``unet``: also load a pre-training checkpoint's decoder.
 
     Raises
     ------
@@ -239,12 +247,15 @@ def initialize(model: nn.Module, init: str, arch: str) -> list[str]:
         one line naming the checkpoint, when it cannot be read or does not fit.
     """
     from vasomim.models.checkpoints import load_encoder_weights, read_state_dict
+    from vasomim.models.unet_mim import is_unet_state, load_pretrained_unet
 
     if init == "scratch":
         return ["init: scratch (random weights)"]
     init = resolve_init(init)  # a shipped encoder's name (vasomim-tiny) -> its file
     state, source = read_state_dict(init)
     state = strip_wrappers(state)
+    if arch == "unet" and "head.weight" not in state and is_unet_state(state):  # pre-trained, not fine-tuned
+        return load_pretrained_unet(model, state, source, init_decoder)
     if arch == "unet":
         try:
             model.load_state_dict(state, strict=True)
@@ -471,7 +482,7 @@ def _train_run(cfg: FinetuneConfig, seed: int, fold: int, train_items: list[Item
     resuming = resume and last_path.exists()
     seed_everything(seed)
     model = build_network(network_spec(cfg))
-    notes = [] if resuming else initialize(model, cfg.init, cfg.arch)
+    notes = [] if resuming else initialize(model, cfg.init, cfg.arch, cfg.init_decoder)
     # channels-last convolutions: 11% (ViT U-Net) to 17% (CNN U-Net) faster steps on a 2-core CPU
     model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups_lrd(model, cfg.lr, cfg.weight_decay, cfg.layer_decay),

@@ -78,6 +78,8 @@ LOSS_TERMS = ("loss", "rec", "cons", "vessel_share_masked", "vessel_share_all")
 SHAPE_KEYS = ("data.img_size", "data.in_chans", "model.size", "model.embed_dim", "model.depth",
               "model.num_heads", "model.patch_size", "model.decoder_embed_dim", "model.decoder_depth",
               "model.decoder_num_heads")
+# the same for a U-Net run (model.arch: unet; the U-Net takes any image size)
+UNET_SHAPE_KEYS = ("data.in_chans", "model.arch", "model.base_channels", "model.levels", "model.norm")
 RUN_FILES = ("checkpoint-last.pth", "checkpoint-final.pth", "log.jsonl", "config.json")
 
 
@@ -101,8 +103,12 @@ class DataConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """The MAE (``vasomim.models.mae.mae_vit``)."""
+    """The MAE (``vasomim.models.mae.mae_vit``) or the masked U-Net (``vasomim.models.unet_mim``)."""
 
+    arch: Literal["vit", "unet"] = Field("vit", description="vit: MAE ViT; unet: masked CNN U-Net (SparK-style)")
+    base_channels: int = Field(16, ge=1, description="unet: channels of the first level")
+    levels: int = Field(4, ge=1, description="unet: down-sampling steps; patch_size must be 2**levels")
+    norm: Literal["batch", "group", "instance"] = Field("batch", description="unet: norm (made sparse)")
     size: Literal["tiny", "small", "base", "large"] = "base"
     embed_dim: int | None = Field(None, description="replaces the size's encoder width")
     depth: int | None = Field(None, description="replaces the size's encoder depth")
@@ -165,7 +171,11 @@ class PretrainConfig(StrictModel):
     workers: int = Field(8, ge=0, description="DataLoader workers per process")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["bf16", "none"] = Field("bf16", description="bf16 autocast on CUDA; CPU runs in fp32")
+    amp: Literal["bf16", "none"] = Field("bf16", description="bf16 autocast on CUDA (on CPU with cpu_amp); none: fp32")
+    cpu_amp: bool = Field(False, description="amp bf16 applies on CPU too: pays with AMX only; on an AVX512-BF16 "
+                          "CPU without it bf16 steps are 0.7x fp32 (BENCHMARKS.md)")
+    compile: bool = Field(False, description="torch.compile the MAE and the segmentor: faster steps after a "
+                          "compile of minutes on a small CPU (BENCHMARKS.md)")
     save_every: int = Field(20, ge=1, description="epochs between checkpoint-last.pth writes")
     tensorboard: bool = False
 
@@ -174,6 +184,9 @@ class PretrainConfig(StrictModel):
         size, patch = self.data.img_size, self.model.patch_size
         if size % patch:
             raise ValueError(f"data.img_size {size} is not divisible by model.patch_size {patch}")
+        if self.model.arch == "unet" and patch != 2**self.model.levels:
+            raise ValueError(f"model.patch_size {patch} must be 2**model.levels = {2**self.model.levels} for arch unet "
+                             "(the mask grid is the U-Net's coarsest grid)")
         if self.needs_segmentor and size % SEGMENTOR_MULTIPLE:
             raise ValueError(
                 f"data.img_size {size} must be divisible by {SEGMENTOR_MULTIPLE} for the UNeXt-S segmentor "
@@ -332,11 +345,36 @@ def forward_losses(
     return out
 
 
+# AdamW(fused=True) runs on CPU from torch 2.4: one vectorised pass per parameter group instead of a
+# dozen small ops per tensor (1.1-1.5x faster ViT-Tiny steps at 128 px on a 2-core CPU, BENCHMARKS.md)
+CPU_FUSED_ADAMW = bool(torch.__version__ >= (2, 4))
+
+
+def autocast_enabled(cfg: PretrainConfig, device: torch.device) -> bool:
+    """bf16 autocast: with ``amp: bf16`` on CUDA, and on CPU only with ``cpu_amp`` too.
+
+    Off on CPU by default: without AMX, oneDNN's bf16 matmuls run slower than MKL's fp32 ones
+    (ViT-Tiny steps at 0.7x on this project's AVX512-BF16 CPU). The losses stay float32 either way.
+    """
+    return cfg.amp == "bf16" and (device.type == "cuda" or cfg.cpu_amp)
+
+
+def build_optimizer(model: nn.Module, cfg: PretrainConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms, position embeddings and tokens; fused on CPU."""
+    from vasomim.engines.common import param_groups_weight_decay
+
+    return torch.optim.AdamW(param_groups_weight_decay(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas,
+                             fused=CPU_FUSED_ADAMW if device.type == "cpu" else None)
+
+
 def build_model(cfg: PretrainConfig) -> nn.Module:
-    """The MAE of ``cfg.model`` for ``cfg.data``'s size and channels."""
+    """The MAE of ``cfg.model`` for ``cfg.data``'s size and channels (or the masked U-Net)."""
     from vasomim.models.mae import mae_vit
+    from vasomim.models.unet_mim import MaskedUNet
 
     m = cfg.model
+    if m.arch == "unet":
+        return MaskedUNet(cfg.data.in_chans, m.base_channels, m.levels, m.norm, m.norm_pix_loss)
     overrides = {k: v for k, v in dict(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads).items()
                  if v is not None}
     return mae_vit(m.size, img_size=cfg.data.img_size, in_chans=cfg.data.in_chans, patch_size=m.patch_size,
@@ -408,7 +446,8 @@ def resume_changes(old: dict, new: dict, source: Path) -> dict[str, list]:
             checkpoint's weights would not fit the new model).
     """
     changes = {k: [_dotted(old, k), _dotted(new, k)] for k in _config_changes(old, new)}
-    for key in SHAPE_KEYS:
+    unet = "unet" in (_dotted(old, "model.arch"), _dotted(new, "model.arch"))
+    for key in UNET_SHAPE_KEYS if unet else SHAPE_KEYS:
         if key in changes:
             before, now = changes[key]
             raise ValueError(f"{source}: cannot resume with {key}={now}: the run was trained with {key}={before} "
@@ -477,7 +516,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     from vasomim.data.datasets import PretrainDataset
     from vasomim.data.transforms import build_transform
     from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr,
-                                        init_distributed, param_groups_weight_decay, reduce_mean, rng_state,
+                                        init_distributed, reduce_mean, rng_state,
                                         seed_everything, set_rng_state, tensorboard_writer, write_scalars,
                                         write_text_atomic)
     from vasomim.masking import beta_at, epoch_beta
@@ -519,12 +558,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
         model = build_model(cfg).to(device)
         eff_batch = cfg.batch_size * accum * world
         lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff_batch / 256
-        optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.optim.weight_decay), lr=lr,
-                                      betas=cfg.optim.betas)
+        optimizer = build_optimizer(model, cfg, lr, device)
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if dist.distributed else model
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                                  enabled=device.type == "cuda" and cfg.amp == "bf16")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled(cfg, device))
+        run_model, run_segmentor = ddp_model, segmentor  # what the steps call; the weights stay in model
+        if cfg.compile:
+            run_model = torch.compile(ddp_model)
+            run_segmentor = torch.compile(segmentor) if segmentor is not None else None
 
         # -- resume
         plain_cfg = config_to_dict(cfg)
@@ -549,7 +590,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
 
         if dist.is_main:
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            logger.info(f"[pretrain] {cfg.name}: ViT-{cfg.model.size} MAE ({n_params / 1e6:.1f}M trainable parameters), "
+            kind = f"U-Net ({cfg.model.base_channels}x{cfg.model.levels})" if cfg.model.arch == "unet" \
+                else f"ViT-{cfg.model.size}"
+            logger.info(f"[pretrain] {cfg.name}: {kind} MAE ({n_params / 1e6:.1f}M trainable parameters), "
                         f"{len(dataset)} images, {world} process(es) on {device.type}, effective batch {eff_batch}, "
                         f"lr {lr:.3g}, {steps_per_epoch} steps/epoch, segmentor {'on' if segmentor else 'off'}")
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -598,7 +641,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
                 sync = nullcontext() if update or not dist.distributed else ddp_model.no_sync()
                 with sync:
                     with autocast:
-                        out = forward_losses(ddp_model, segmentor, imgs, anatomy, cfg, beta, mask_gen, rank, world)
+                        out = forward_losses(run_model, run_segmentor, imgs, anatomy, cfg, beta, mask_gen, rank, world)
                     (out["loss"] / accum).backward()
                 if update:
                     optimizer.step()

@@ -22,8 +22,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from vasomim.config import StrictModel, config_to_dict
+from vasomim.data.datasets import SegmentationDataset
+from vasomim.data.sources import AnatomySource
+from vasomim.data.transforms import TransformConfig, build_transform
+from vasomim.engines.common import (JsonlLogger, atomic_torch_save, rng_state, seed_everything, set_rng_state,
+                                    tensorboard_writer, write_scalars)
+from vasomim.inference import resolve_device
+from vasomim.metrics import dice
+from vasomim.models.checkpoints import model_from_checkpoint
+from vasomim.models.unext import UNeXt, to_segmentor_input
 
 logger = logging.getLogger(__name__)
 
@@ -73,30 +84,13 @@ def split_items(items: list, val_fraction: float, seed: int) -> tuple[list, list
 
 
 def load_segmentor(path: str | Path, device: str | torch.device = "cpu"):
-    """A UNeXt-S from a plain state dict (the published checkpoint) or a vasomim segmentor checkpoint."""
-    from vasomim.models.checkpoints import load_checkpoint
-    from vasomim.models.unext import UNeXt
-
-    state = load_checkpoint(path)  # one line naming the file for a missing, foreign or unsafe file
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a UNeXt-S state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    model = UNeXt()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not a UNeXt-S segmentor checkpoint ({str(exc).splitlines()[0]})") from None
-    return model.to(device)
+    """A UNeXt-S (eval mode) from a plain state dict (the published checkpoint) or a vasomim segmentor checkpoint."""
+    return model_from_checkpoint(path, kind="segmentor")[0].to(device)
 
 
 @torch.no_grad()
 def evaluate_dice(model, loader, device) -> float:
     """Mean per-image hard Dice (threshold 0.5) of the model against the loader's masks."""
-    from vasomim.metrics import dice
-    from vasomim.models.unext import to_segmentor_input
-
     model.eval()
     scores = []
     for batch in loader:
@@ -109,19 +103,9 @@ def evaluate_dice(model, loader, device) -> float:
 
 def train_segmentor(cfg: SegmentorConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train UNeXt-S on the pseudo-labels; returns the summary (also written to ``summary.json``)."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from vasomim.data.datasets import SegmentationDataset
-    from vasomim.data.sources import AnatomySource
-    from vasomim.data.transforms import TransformConfig, build_transform
-    from vasomim.engines.common import (JsonlLogger, atomic_torch_save, rng_state, seed_everything, set_rng_state,
-                                        tensorboard_writer, write_scalars)
-    from vasomim.models.unext import UNeXt, to_segmentor_input
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
     items = AnatomySource(cfg.images, cfg.anatomy).items

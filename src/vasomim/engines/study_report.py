@@ -7,12 +7,29 @@ figure and numbers under ``<study>/report/``.
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from vasomim.analysis.clustering import clustering_analysis, mae_encoder_forward, patch_embeddings, scores_rows
+from vasomim.analysis.curves import format_score, plot_sweep
+from vasomim.analysis.masking_stats import masking_map_analysis, plot_vessel_share, vessel_share_curves
+from vasomim.analysis.paired import paired_difference, per_image_means
+from vasomim.analysis.reconstruction import reconstruction_panel
+from vasomim.analysis.report import Report
+from vasomim.data.sources import AnatomySource
+from vasomim.engines.anatomy import frangi_prediction
+from vasomim.engines.finetune import kfold_splits, labelled_items
+from vasomim.engines.predict import iter_predictions
+from vasomim.engines.pretrain import PretrainConfig
+from vasomim.engines.segmentor import load_segmentor
+from vasomim.metrics import binarize, dice
+from vasomim.models.checkpoints import model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +39,6 @@ def _say(line: str) -> None:
 
 
 def _fmt(metric: dict, n: int | None = None) -> str:
-    from vasomim.analysis.curves import format_score
-
     return format_score(metric["mean"], metric["std"], n if n is not None else 2)
 
 
@@ -56,10 +71,6 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
     table gives the mean ± sample std of the per-image differences over the images, the standard
     error and the share of images where ``reference`` is better. Empty without a ``reference`` arm.
     """
-    import csv
-
-    from vasomim.analysis.paired import paired_difference, per_image_means
-
     def scores(stage, metric):
         with open(stage.outputs(root)["per_image"], newline="") as fh:
             return per_image_means(csv.DictReader(fh), metric)
@@ -85,10 +96,6 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
 
 def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
     """(arm, id, image01, pred, gt, dice) for the held-out images of the first run of a fine-tune arm."""
-    from vasomim.engines.finetune import build_model_from_checkpoint, kfold_splits, labelled_items
-    from vasomim.engines.predict import iter_predictions
-    from vasomim.metrics import binarize, dice
-
     out = stage.outputs(root)
     run = out["runs"][0]
     cfg = stage.config
@@ -98,7 +105,7 @@ def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
         items = labelled_items(cfg["data"])
         splits = kfold_splits(len(items), cfg.get("folds", 1), cfg.get("split_seed", 0), cfg.get("val_fraction", 0.2))
         val = [items[i] for i in splits[run["fold"]][1]][:limit]
-    model, mcfg = build_model_from_checkpoint(run["checkpoint"])
+    model, mcfg = model_from_checkpoint(run["checkpoint"])
     cases = []
     for p in iter_predictions(model, val, mcfg["input"], with_masks=True, keep_images=True):
         if p.error is None:
@@ -109,11 +116,6 @@ def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
 
 def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
     """Best and worst labelled image of the Frangi/Sato baseline, recomputed for the overlays."""
-    import csv
-
-    from vasomim.engines.finetune import labelled_items
-    from vasomim.engines.anatomy import frangi_prediction
-
     with open(stage.outputs(root)["per_image"], newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: float(r["dice"]))
     if not rows:
@@ -131,8 +133,6 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
 
 
 def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
-    from vasomim.analysis.curves import plot_sweep
-
     rows = []
     for (arm, frac), stage in graph["finetune"].items():
         for run in stage.outputs(root)["runs"]:
@@ -145,8 +145,6 @@ def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
 
 def _sweeps(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
     """One figure per configured sweep (Fig. 5, Table 5): score vs x over the sweep's arms."""
-    from vasomim.analysis.curves import plot_sweep
-
     frac = max(cfg.label_fractions)
     for k, (label, points) in enumerate(cfg.sweeps.items()):
         rows = []
@@ -161,20 +159,12 @@ def _sweeps(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
 
 
 def _load_mae(stage, root: Path):
-    from vasomim.engines.pretrain import PretrainConfig, build_model
-
-    out = stage.outputs(root)
-    ckpt = torch.load(out["checkpoint"], map_location="cpu", weights_only=True)
-    pcfg = PretrainConfig.model_validate(ckpt["config"])
-    model = build_model(pcfg)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), pcfg
+    model, config = model_from_checkpoint(stage.outputs(root)["checkpoint"], kind="mae")
+    return model, PretrainConfig.model_validate(config)
 
 
 def _resized_pairs(items, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (bilinear, clamped to [0, 1]) and their masks (nearest) at ``size`` x ``size``."""
-    import torch.nn.functional as F
-
     imgs, masks = [], []
     for it in items:
         image = it.load_image()
@@ -187,8 +177,6 @@ def _resized_pairs(items, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _analysis_batch(graph: dict, root: Path, pcfg, n: int):
     """A few corpus images with their anatomy masks at the pre-training size: (images01, masks)."""
-    from vasomim.data.sources import AnatomySource
-
     a = graph["anatomy"].outputs(root)
     items = [it for it in AnatomySource(a["images"], a["anatomy"]).items if it.has_mask]
     step = max(1, len(items) // n)
@@ -203,17 +191,10 @@ def _normalise(images01: torch.Tensor, pcfg) -> torch.Tensor:
 
 def _labelled_batch(cfg, size: int, n: int):
     """Labelled images and their reference masks at ``size`` (for the clustering of patch embeddings)."""
-    from vasomim.engines.finetune import labelled_items
-
     return _resized_pairs(labelled_items(cfg.labelled)[: 4 * n], size)
 
 
 def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
-    from vasomim.analysis.clustering import clustering_analysis, mae_encoder_forward, patch_embeddings, scores_rows
-    from vasomim.analysis.masking_stats import masking_map_analysis, plot_vessel_share, vessel_share_curves
-    from vasomim.analysis.reconstruction import reconstruction_panel
-    from vasomim.engines.segmentor import load_segmentor
-
     pre = graph["pretrain"]
     if not pre:
         return
@@ -259,8 +240,6 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
 
 def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float, command: str | None) -> Path:
     """Write ``<root>/report/report.md`` and ``index.html``; returns the Markdown path."""
-    from vasomim.analysis.report import Report
-
     rep_dir = root / "report"
     fig_dir = rep_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

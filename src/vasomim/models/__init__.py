@@ -8,5 +8,6 @@ pull in the others:
 - `vasomim.models.unext`: UNeXt-S, the frozen segmentor of the anatomical consistency loss.
 - `vasomim.models.segmentation`: the ViT encoder with a U-Net-style decoder for fine-tuning.
 - `vasomim.models.unet`: the plain convolutional U-Net baseline.
-- `vasomim.models.checkpoints`: checkpoint conventions, encoder loading and export.
+- `vasomim.models.checkpoints`: checkpoint conventions, encoder loading, the one checkpoint -> network loader.
+- `vasomim.models.export`: the encoder for timm, the network as a folder or ONNX.
 """

@@ -1,4 +1,4 @@
-"""Checkpoints: project conventions, loading a ViT encoder from any flavour, export to timm.
+"""Checkpoints: project conventions, loading a ViT encoder from any flavour, rebuilding whole networks.
 
 Conventions
 -----------
@@ -40,6 +40,7 @@ Two adaptations make checkpoints fit the model:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pickle
@@ -49,19 +50,27 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
+
+from vasomim.models.mae import MaskedAutoencoderViT
+from vasomim.models.segmentation import build_segmentation_model
+from vasomim.models.unext import UNeXt
+from vasomim.models.vit import VIT_SIZES
 
 __all__ = [
     "ENCODER_KEYS",
+    "KINDS",
     "LoadReport",
+    "MODEL_FORMAT",
     "adapt_patch_embed",
-    "encoder_state_dict",
-    "export_encoder",
-    "interpolate_pos_embed",
+    "checkpoint_kind",
     "load_checkpoint",
     "load_encoder_weights",
+    "model_from_checkpoint",
     "read_state_dict",
+    "split_encoder",
+    "strip_wrappers",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,14 +119,14 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _strip_wrappers(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
+def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes, in any nesting."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
 
 
 _UNSAFE = re.compile(r"Unsupported global: GLOBAL (\S+)")
@@ -214,7 +223,7 @@ def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torc
     return state, source
 
 
-def encoder_state_dict(
+def split_encoder(
     state: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Split a state dict of any supported flavour into encoder tensors (timm names) and the rest.
@@ -232,7 +241,7 @@ def encoder_state_dict(
     -------
     ``(encoder, others)``: encoder tensors by timm name, and the names of the other keys.
     """
-    state = {_strip_wrappers(k): v for k, v in state.items()}
+    state = strip_wrappers(state)
     if any(k.startswith(ENCODER_PREFIX) for k in state):
         names = {k: k[len(ENCODER_PREFIX):] for k in state if k.startswith(ENCODER_PREFIX)}
     else:
@@ -240,36 +249,6 @@ def encoder_state_dict(
                  if any(k == p or (p.endswith(".") and k.startswith(p)) for p in ENCODER_KEYS)}
     encoder = {timm_name: state[k] for k, timm_name in names.items()}
     return encoder, [k for k in state if k not in names]
-
-
-def interpolate_pos_embed(
-    pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
-) -> torch.Tensor:
-    """Resample position embeddings ``(1, prefix + g*g, D)`` to a ``grid = (H, W)`` patch grid.
-
-    The checkpoint grid is taken as square. The prefix (class-token) embeddings are kept; the grid
-    part is resampled with bicubic interpolation, ``align_corners=False`` and no anti-aliasing
-    (as MAE fine-tuning does), computed in float32 and returned in the input dtype.
-
-    Parameters
-    ----------
-    pos_embed:
-        Position embeddings of the checkpoint.
-    grid:
-        Target ``(rows, cols)`` of patches.
-    num_prefix_tokens:
-        Leading non-spatial tokens (1 for the class token).
-    """
-    n = pos_embed.shape[1] - num_prefix_tokens
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"pos_embed with {n} grid tokens is not a square grid")
-    prefix, tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    dim = tokens.shape[-1]
-    tokens = tokens.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    tokens = F.interpolate(tokens, size=tuple(grid), mode="bicubic", align_corners=False)
-    tokens = tokens.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, tokens], dim=1)
 
 
 def adapt_patch_embed(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -302,8 +281,13 @@ def _adapt_to(model: nn.Module, matched: dict[str, torch.Tensor],
     if "pos_embed" in matched and matched["pos_embed"].shape != target["pos_embed"].shape:
         grid = tuple(model.encoder.patch_embed.grid_size)
         prefix = model.encoder.num_prefix_tokens
-        old = math.isqrt(matched["pos_embed"].shape[1] - prefix)
-        matched["pos_embed"] = interpolate_pos_embed(matched["pos_embed"], grid, prefix)
+        n = matched["pos_embed"].shape[1] - prefix
+        old = math.isqrt(n)
+        if old * old != n:
+            raise ValueError(f"pos_embed with {n} grid tokens is not a square grid")
+        # bicubic, align_corners=False, no anti-aliasing (the MAE fine-tuning convention), in float32
+        matched["pos_embed"] = resample_abs_pos_embed(matched["pos_embed"], list(grid), num_prefix_tokens=prefix,
+                                                      antialias=False)
         notes.append(f"pos_embed: grid {old}x{old} -> {grid[0]}x{grid[1]} (bicubic)")
     key = "patch_embed.proj.weight"
     if key in matched and matched[key].shape[1] != target[key].shape[1]:
@@ -343,7 +327,7 @@ def load_encoder_weights(
         shape, or (``strict_encoder``) when encoder keys are missing.
     """
     state, source = read_state_dict(path_or_state)
-    encoder, others = encoder_state_dict(state)
+    encoder, others = split_encoder(state)
     target = model.encoder.state_dict()
     matched = {k: v for k, v in encoder.items() if k in target}
     if not matched:
@@ -375,148 +359,145 @@ def load_encoder_weights(
     return report
 
 
-def export_encoder(
-    checkpoint_path_or_model: str | Path | Mapping | nn.Module,
-    out_path: str | Path,
-    in_chans: int | None = 3,
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """Write a ViT encoder in timm naming to ``.safetensors`` (or ``.pth``) for ``timm``.
+# ----------------------------------------------------------------------------- whole networks
 
-    The result loads with, e.g. for a ViT-B/16 encoder::
+#: ``config.json`` ``format`` of an exported model folder.
+MODEL_FORMAT = "vasomim-segmentation"
 
-        timm.create_model("vit_base_patch16_224", pretrained=True, num_classes=0,
-                          pretrained_cfg_overlay=dict(file="encoder.safetensors"))
+#: What :func:`model_from_checkpoint` rebuilds, and what it calls each kind in messages.
+KINDS = {"segmentation": "a vasomim segmentation checkpoint (no config.network/input); use one written by "
+                         "`vasomim finetune`",
+         "mae": "an MAE checkpoint (no patch_embed.proj.weight / decoder_pred.weight)",
+         "segmentor": "a UNeXt-S segmentor checkpoint (no encoder1.weight / final.weight)"}
 
-    (use the timm name of the encoder's size, ``vit_tiny_patch16_224`` for tiny, and pass
-    ``depth=`` / ``embed_dim=`` / ``num_heads=`` / ``img_size=`` for custom shapes). timm resamples
-    the position embeddings itself when its ``img_size`` differs from the exported grid.
 
-    Channels: by default the encoder is written with 3 input channels, the layout of every timm
-    ViT, so it drops into standard models; a 1-channel (gray) encoder is converted by repeating
-    its patch-embedding kernel and dividing by 3, so a gray image replicated to 3 channels gives
-    exactly the tokens of the original model. ``timm.create_model(..., in_chans=1)`` sums the
-    channels back and recovers the original kernel.
+def checkpoint_kind(state: Mapping[str, torch.Tensor], config: Mapping | None) -> str | None:
+    """Which network a checkpoint holds, from its keys (None when it is none of :data:`KINDS`).
 
-    Parameters
-    ----------
-    checkpoint_path_or_model:
-        A checkpoint of any flavour :func:`load_encoder_weights` accepts (file or dict), a
-        :class:`~vasomim.models.segmentation.ViTUNet`, or a timm ``VisionTransformer``.
-    out_path:
-        Destination; ``.safetensors`` writes safetensors, any other suffix a ``torch.save`` file
-        holding the plain state dict.
-    in_chans:
-        Input channels of the exported patch embedding (3 or 1); None keeps the encoder's own.
-    dtype:
-        Convert the floating-point tensors (``torch.float16`` for shipping); None keeps them.
-
-    Returns
-    -------
-    The path written.
+    ``segmentation``: a config with ``network`` and ``input`` (``vasomim finetune``); ``mae``: an
+    MAE state dict (encoder and ``decoder_pred``); ``segmentor``: a UNeXt-S state dict.
     """
-    if isinstance(checkpoint_path_or_model, nn.Module):
-        module = getattr(checkpoint_path_or_model, "encoder", checkpoint_path_or_model)
-        state, source = module.state_dict(), type(module).__name__
+    if isinstance(config, Mapping) and "network" in config and "input" in config:
+        return "segmentation"
+    if "patch_embed.proj.weight" in state and "decoder_pred.weight" in state:
+        return "mae"
+    if "encoder1.weight" in state and "final.weight" in state:
+        return "segmentor"
+    return None
+
+
+def _read_model_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weights and config of an exported model folder (``model.safetensors`` + ``config.json``)."""
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder / 'config.json'}: cannot read the model config ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{folder / 'config.json'}: not a vasomim model config "
+                         f"(format is not {MODEL_FORMAT!r})")
+    try:
+        state = load_file(str(folder / "model.safetensors"), device="cpu")
+    except Exception as exc:
+        raise ValueError(f"{folder / 'model.safetensors'}: cannot read the weights "
+                         f"({type(exc).__name__}: {exc})") from None
+    return state, config
+
+
+def _mae(state: Mapping[str, torch.Tensor], config: Mapping, hints: Mapping, source: str) -> nn.Module:
+    """The MAE of a pre-training state dict: shapes from the tensors, the rest from hints or config.
+
+    Width, depth, patch, channels, grid and decoder come from the shapes; attention heads,
+    ``norm_pix_loss`` and (for a grid that is not square) the image size from ``hints``, then the
+    checkpoint's ``config["model"]`` / ``config["data"]``, then the ViT size table by width and
+    MAE's 16 decoder heads.
+    """
+    mcfg = config.get("model") if isinstance(config.get("model"), Mapping) else {}
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    embed_dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
+    n_patches = state["pos_embed"].shape[1] - 1
+    img_size = hints.get("img_size") or mcfg.get("img_size") or data.get("img_size")
+    if img_size is None:
+        side = round(n_patches**0.5)
+        if side * side != n_patches:
+            raise ValueError(f"{source}: {n_patches} patches is not a square grid; give --img-size")
+        img_size = side * patch
+
+    def count(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+    by_width = {d["embed_dim"]: d["num_heads"] for d in VIT_SIZES.values()}
+    size_heads = VIT_SIZES.get(mcfg.get("size"), {}).get("num_heads")
+    num_heads = hints.get("num_heads") or mcfg.get("num_heads") or size_heads or by_width.get(embed_dim)
+    if num_heads is None:
+        raise ValueError(f"{source}: cannot tell the encoder's attention heads (width {embed_dim}); give --num-heads")
+    norm_pix = hints.get("norm_pix_loss")
+    return MaskedAutoencoderViT(
+        img_size=img_size, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim,
+        depth=count("blocks."), num_heads=num_heads,
+        decoder_embed_dim=state["decoder_embed.weight"].shape[0], decoder_depth=count("decoder_blocks."),
+        decoder_num_heads=hints.get("decoder_num_heads") or mcfg.get("decoder_num_heads") or 16,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+        norm_pix_loss=bool(mcfg.get("norm_pix_loss", False)) if norm_pix is None else bool(norm_pix),
+    )
+
+
+def model_from_checkpoint(source: str | Path, kind: str | None = "segmentation",
+                          hints: Mapping | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a network from a checkpoint, in eval mode, from the config and shapes it carries.
+
+    The one place that turns a checkpoint into a network (timm's ``checkpoint_filter_fn`` with
+    ``build_model_with_cfg``): the file is read safely (:func:`load_checkpoint`), ``model`` /
+    ``state_dict`` are unwrapped, DDP and ``torch.compile`` prefixes stripped, the kind recognised
+    by its keys (:func:`checkpoint_kind`), and the network rebuilt:
+
+    * ``segmentation``: :func:`~vasomim.models.segmentation.build_segmentation_model` of
+      ``config["network"]``; also from an exported model folder (``model.safetensors`` +
+      ``config.json``, no pickle);
+    * ``mae``: the MAE of a pre-training checkpoint (:func:`_mae`; ``hints`` may give
+      ``num_heads``, ``decoder_num_heads``, ``img_size``, ``norm_pix_loss``);
+    * ``segmentor``: the UNeXt-S of the consistency loss (a published plain state dict or a
+      ``vasomim train-segmentor`` checkpoint).
+
+    Args:
+        source: a checkpoint file, or an exported model folder.
+        kind: the kind the caller needs (a checkpoint of another kind is refused); None takes
+            whichever it is.
+        hints: what the checkpoint does not say (MAE only).
+
+    Returns:
+        ``(model, config)``: the network with its weights, and the checkpoint's config (``{}``
+        when it carries none); for a segmentation network ``config["network"]`` rebuilt it and
+        ``config["input"]`` is its input convention.
+
+    Raises:
+        FileNotFoundError, ValueError: one line naming the file, when it is missing, unreadable,
+            unsafe, of another kind, or when its weights do not fit the rebuilt network.
+    """
+    path = Path(source)
+    if path.is_dir():
+        state, config = _read_model_folder(path)
     else:
-        state, source = read_state_dict(checkpoint_path_or_model)
-    encoder, _ = encoder_state_dict(state)
-    if "patch_embed.proj.weight" not in encoder:
-        raise ValueError(f"{source}: no ViT encoder (patch_embed.proj.weight) to export")
-    if in_chans is not None:
-        encoder["patch_embed.proj.weight"] = adapt_patch_embed(encoder["patch_embed.proj.weight"],
-                                                               in_chans)
-    tensors = _cast({k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.items()}, dtype)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(out), metadata={"format": "pt", "naming": "timm VisionTransformer"})
+        ckpt = load_checkpoint(path)  # one line naming the file for a missing, foreign or unsafe file
+        config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
+        try:
+            state, _ = read_state_dict(ckpt)
+        except ValueError:
+            state = {}
+    state, config = strip_wrappers(state), dict(config) if isinstance(config, Mapping) else {}
+    found = checkpoint_kind(state, config)
+    if found is None or (kind is not None and found != kind):
+        what = KINDS.get(kind) if kind else "a vasomim model checkpoint (no segmentation config, MAE or UNeXt-S keys)"
+        raise ValueError(f"{path}: not {what}")
+    if found == "segmentation":
+        model, fits = build_segmentation_model(**config["network"]), "the network in its config"
+    elif found == "mae":
+        model, fits = _mae(state, config, hints or {}, str(path)), "the rebuilt MAE"
     else:
-        torch.save(tensors, out)
-    return out
-
-
-# ----------------------------------------------------------------------------- standard exports
-
-
-def encoder_pretrained_cfg(architecture: str, config: Mapping | None, in_chans: int,
-                           grid: int) -> dict:
-    """timm ``pretrained_cfg`` of an exported encoder: how its inputs were normalised in training.
-
-    ``mean``/``std`` come from the checkpoint's input convention (``config["input"]`` of a
-    fine-tuned model, ``config["data"]`` of a pre-training run; the gray or ImageNet defaults
-    otherwise), repeated to ``in_chans`` values when a gray model is exported for 3 channels.
-    ``input_size`` is the training square (``grid * 16`` when the config does not say), and
-    ``crop_pct=1.0``: the whole image, no centre crop.
-    """
-    from vasomim.data.transforms import TransformConfig
-
-    config = config or {}
-    section = config.get("input") or config.get("data") or {}
-    size = section.get("size") or section.get("img_size") or grid * 16
-    channels = int(section.get("channels") or section.get("in_chans") or 1)
-    mean, std = section.get("mean"), section.get("std")
-    if not mean or not std:
-        mean, std = TransformConfig(size=int(size), channels=channels).stats()
-    if len(mean) != in_chans:
-        if len(mean) != 1:
-            raise ValueError(f"cannot give {len(mean)}-channel statistics {list(mean)} to "
-                             f"{in_chans} input channels")
-        mean, std = list(mean) * in_chans, list(std) * in_chans
-    return {"architecture": architecture, "mean": [float(m) for m in mean],
-            "std": [float(s) for s in std], "input_size": [in_chans, int(size), int(size)],
-            "crop_pct": 1.0, "crop_mode": "center", "interpolation": "bicubic", "num_classes": 0,
-            "file": "encoder.safetensors"}
-
-
-def _cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    if dtype is None:
-        return tensors
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-
-
-def export_model_folder(model: nn.Module, config: Mapping, out_dir: str | Path,
-                        dtype: torch.dtype | None = None) -> Path:
-    """Write the whole segmentation network as ``model.safetensors`` + ``config.json`` (no pickle).
-
-    ``config`` holds ``network`` (the architecture) and ``input`` (the input convention);
-    :func:`vasomim.load_model` reads the folder back. ``dtype`` (e.g. ``torch.float16``, for
-    shipping) converts the floating-point tensors; loading converts them back.
-    """
-    import json
-
-    from safetensors.torch import save_file
-
-    from vasomim.inference import MODEL_FORMAT
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = _cast({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}, dtype)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    meta = {"format": MODEL_FORMAT, "version": 1, "network": dict(config["network"]),
-            "input": dict(config["input"])}
-    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return out
-
-
-def export_onnx(model: nn.Module, spec: Mapping, out_path: str | Path, opset: int = 17) -> Path:
-    """Write the segmentation network as ONNX: ``image (B, C, H, W)`` normalised -> ``logits (B, 1, H, W)``.
-
-    Batch, height and width are dynamic; H and W must be multiples of the network's grid (16 for
-    the ViT U-Net), as for the torch model. Needs the ``onnx`` extra.
-    """
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().to("cpu")
-    size = int(spec["size"])
-    # traced at a size other than the training grid, so that the position-embedding resampling
-    # (skipped by a Python branch at the training size) is part of the graph for every size
-    dummy = torch.zeros(1, int(spec["channels"]), size + 16, size + 32)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad():
-        torch.onnx.export(model, (dummy,), str(out), input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
-                          opset_version=opset, dynamo=False)
-    return out
+        model, fits = UNeXt(), "a UNeXt-S segmentor"
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {fits} ({str(exc).splitlines()[0]})") from None
+    return model.eval(), config

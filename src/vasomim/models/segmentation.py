@@ -16,7 +16,7 @@
 
 Inputs of any size divisible by 16 are accepted; for a size other than ``img_size`` the position
 embeddings are resampled on the fly to the input's patch grid (:class:`GridViT`: bicubic, no
-anti-aliasing, as :func:`~vasomim.models.checkpoints.interpolate_pos_embed` does for checkpoints,
+anti-aliasing, as checkpoints are resampled on loading with timm's ``resample_abs_pos_embed``,
 and an operator that ONNX exports).
 :func:`param_groups_lrd` builds optimizer parameter groups with layer-wise lr decay.
 """

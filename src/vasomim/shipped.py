@@ -110,7 +110,8 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
     ----------
     checkpoint:
         ``segmentation``: a ``vasomim finetune`` checkpoint; ``encoder``: any checkpoint with a ViT
-        encoder (a ``vasomim pretrain`` checkpoint, a fine-tuned one).
+        encoder (a ``vasomim pretrain`` checkpoint, a fine-tuned one), or with a U-Net's (``model.arch:
+        unet`` pre-training; its ``down`` blocks are shipped).
     name:
         The model's name (``vasomim-cimat``, ``vasomim-tiny``).
     kind:
@@ -133,6 +134,7 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
     from vasomim.models.checkpoints import load_checkpoint, model_from_checkpoint, read_state_dict
     from vasomim.models.export import encoder_pretrained_cfg, export_encoder, export_model_folder
     from vasomim.models.timm_names import TIMM_SIZES
+    from vasomim.models.unet_mim import export_unet_encoder, unet_shipped_encoder
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -146,6 +148,8 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
         export_model_folder(model, config, tmp / "model", dtype=torch.float16)
         info["architecture"] = config["network"]["arch"]
         state = model.state_dict()
+    elif unet_shipped_encoder(checkpoint):  # a U-Net's encoder (down blocks) and its encoder.json
+        state, info["architecture"] = export_unet_encoder(checkpoint, tmp / "encoder.safetensors", torch.float16)
     else:
         out = export_encoder(checkpoint, tmp / "encoder.safetensors", in_chans=None, dtype=torch.float16)
         state, _ = read_state_dict(out)

@@ -15,7 +15,6 @@ from vasomim.data.io import write_png_atomic
 from vasomim.data.synthetic import synthesize, write_dataset
 from vasomim.engines.finetune import (
     FinetuneConfig,
-    build_model_from_checkpoint,
     build_network,
     dice_bce_loss,
     finetune,
@@ -26,6 +25,7 @@ from vasomim.engines.finetune import (
     subsample,
 )
 from vasomim.metrics import summarize
+from vasomim.models.checkpoints import model_from_checkpoint
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2, decoder_channels=(32, 16, 16, 8, 8), img_size=64,
             device="cpu", workers=0)
@@ -96,7 +96,7 @@ def test_tiny_finetune_beats_the_untrained_model(data, tmp_path):
     assert run["best_val_dice"] == pytest.approx(best) and run["dice"] == pytest.approx(best)
     ckpt = torch.load(tmp_path / "run" / "seed0" / "fold0" / "best.pth", weights_only=True)
     assert ckpt["best_metric"] == pytest.approx(best) and ckpt["epoch"] == run["best_epoch"]
-    model, config = build_model_from_checkpoint(tmp_path / "run" / "seed0" / "fold0" / "best.pth")
+    model, config = model_from_checkpoint(tmp_path / "run" / "seed0" / "fold0" / "best.pth")
     assert config["network"]["embed_dim"] == 64 and config["input"]["size"] == 64
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
@@ -113,14 +113,14 @@ def test_native_recipe_trains_on_windows_and_records_its_scale(tmp_path, monkeyp
     cfg = FinetuneConfig(data=str(root), out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=3e-3, folds=1,
                          val_fraction=0.34, input_scale=1.0, stem_levels=0, tta=True,
                          augment={"zoom": (0.9, 1.1), "photometric": False}, **tiny)
-    import vasomim.engines.finetune as engine
+    import vasomim.engines.finetune_run as engine
 
     seen = []
     real_score = engine.score_items
     monkeypatch.setattr(engine, "score_items", lambda *a, **k: seen.append(k.get("tta")) or real_score(*a, **k))
     summary = finetune(cfg, progress=False)
     assert seen and all(seen)  # validation and the final scoring average with the flip
-    model, config = build_model_from_checkpoint(summary["runs"][0]["checkpoint"])
+    model, config = model_from_checkpoint(summary["runs"][0]["checkpoint"])
     assert config["input"]["scale"] == 1.0 and config["network"]["stem_levels"] == 0
     assert config["tta"] is True and tuple(config["augment"]["zoom"]) == (0.9, 1.1)
     recorded = {r["image"]: float(r["dice"]) for r in summary_rows(tmp_path / "run")}
@@ -298,7 +298,7 @@ def test_unet_arm_from_its_config_and_its_init_rule(data, tmp_path, capsys):
                str(tmp_path / "u"), "--folds", "2", "--quiet", "epochs=1", "img_size=64", "base_channels=4",
                "levels=2", "device=cpu"])
     assert rc == 0, capsys.readouterr().err
-    model, config = build_model_from_checkpoint(tmp_path / "u" / "seed0" / "fold1" / "best.pth")
+    model, config = model_from_checkpoint(tmp_path / "u" / "seed0" / "fold1" / "best.pth")
     assert config["network"]["arch"] == "unet" and config["network"]["base_channels"] == 4
     vit = build_network(network_spec(FinetuneConfig(data="unused", **TINY)))
     torch.save({"model": vit.state_dict()}, tmp_path / "vit.pth")

@@ -15,7 +15,8 @@ from vasomim.data.io import read_image, read_mask, write_png_atomic
 from vasomim.data.synthetic import synthesize
 from vasomim.data.transforms import TransformConfig, build_transform
 from vasomim.engines.evaluate import evaluate_folders
-from vasomim.engines.finetune import FinetuneConfig, build_model_from_checkpoint, build_network, network_spec
+from vasomim.engines.finetune import FinetuneConfig, build_network, network_spec
+from vasomim.models.checkpoints import model_from_checkpoint
 from vasomim.engines.predict import collect_inputs, input_spec
 from vasomim.metrics import binarize, evaluate_pair, resize_to, summarize
 
@@ -38,7 +39,7 @@ def checkpoint(tmp_path_factory):
 
 def _expected_mask(path, checkpoint) -> np.ndarray:
     """The mask worked out directly: resize, normalise, forward, sigmoid, resize back, >= 0.5."""
-    model, config = build_model_from_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(checkpoint)
     image = read_image(path)
     x, _ = build_transform(TransformConfig(size=64, channels=1), train=False)(image)
     with torch.no_grad():

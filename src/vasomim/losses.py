@@ -10,6 +10,8 @@ The reconstruction I' is the decoder output for *all* patches (visible ones incl
 back to pixel space and unpatchified, as the original VasoMIM code does. The MAE and the
 segmentor may normalise their inputs differently: both images are first mapped back to [0, 1]
 (`to_unit_range`) and then to the segmentor's own convention (`to_segmentor_input`).
+
+Fine-tuning's segmentation loss is here too: `dice_bce_loss` (BCE + soft Dice).
 """
 
 from __future__ import annotations
@@ -188,3 +190,29 @@ def vasomim_loss(
     image01 = to_unit_range(imgs, input_mean, input_std)
     cons = consistency_loss(segmentor, recon01, image01, image_probs)
     return {"loss": rec + cons_weight * cons, "rec": rec, "cons": cons}
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
+                  dice_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:
+    """``bce_weight * BCE-with-logits + dice_weight * (1 - soft Dice)``.
+
+    The soft Dice ``(2 Σ p t + eps) / (Σ p + Σ t + eps)`` is computed per image, then averaged;
+    ``eps = 1`` keeps an image without vessels from dominating.
+
+    Parameters
+    ----------
+    logits:
+        ``(B, 1, H, W)`` network output.
+    target:
+        ``(B, 1, H, W)`` 0/1 masks.
+    bce_weight, dice_weight:
+        Weights of the two terms.
+    eps:
+        Smoothing of the soft Dice.
+    """
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    prob = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    dice = (2 * (prob * t).sum(1) + eps) / (prob.sum(1) + t.sum(1) + eps)
+    return bce_weight * bce + dice_weight * (1 - dice.mean())

@@ -328,8 +328,14 @@ def _low_res(images: np.ndarray) -> tuple[np.ndarray, int]:
     _, H, W = images.shape
     f = max(1, min(H, W) // 128)
     h, w = H // f, W // f
-    small = images[:, : h * f, : w * f].reshape(len(images), h, f, w, f).mean(axis=(2, 4))
-    return small, f
+    if f == 1:
+        return images.astype(np.float32, copy=True), f
+    if _have_opencv():  # SIMD box filter: a fifth of the strided reshape-mean's time
+        import cv2
+
+        return np.stack([cv2.resize(im[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
+                         for im in images.astype(np.float32, copy=False)]), f
+    return images[:, : h * f, : w * f].reshape(len(images), h, f, w, f).mean(axis=(2, 4)), f
 
 
 def _to_full(small: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
@@ -363,13 +369,21 @@ def _fov_low_res(images: np.ndarray, dark_ratio: float) -> tuple[np.ndarray, np.
     largest = np.array([lo + int(np.argmax(sizes[lo : hi + 1])) if hi >= lo else -1 for lo, hi in zip(first, last)])
     fov = ndimage.binary_fill_holes(labels == largest[:, None, None], structure=_FOUR_CONNECTED_STACK)
     dist = np.full(fov.shape, np.inf, dtype=np.float32)
-    for b in range(B):  # one exact distance transform per image (not per pixel)
+    for b in range(B):  # one exact distance transform per image and side (not per pixel)
         if fov[b].all():
             continue
-        inside = ndimage.distance_transform_edt(fov[b])
-        outside = ndimage.distance_transform_edt(~fov[b])
+        inside, outside = _edt(fov[b]), _edt(~fov[b])
         dist[b] = f * np.where(fov[b], inside, -outside)
     return fov, dist, f
+
+
+def _edt(region: np.ndarray) -> np.ndarray:
+    """Exact Euclidean distance of every pixel of ``region`` to the nearest pixel outside it."""
+    if _have_opencv():  # the exact (DIST_MASK_PRECISE) transform, ~3x faster than SciPy's
+        import cv2
+
+        return cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return ndimage.distance_transform_edt(region)
 
 
 def field_of_view(image, dark_ratio: float = 0.35) -> np.ndarray:
@@ -501,14 +515,18 @@ def _postprocess(
     """Everything after the vesselness, for a (B, H, W) float32 stack of maps (modified in place)."""
     B, H, W = maps.shape
     fov_small, dist_small, f = _fov_low_res(images, 0.35)
+    # the collimator's edge responds within ~2 sigma of it, on either side; the fov recipe's margin
+    # (3 sigma) keeps its own masks out of this band. Both are decided at low resolution and
+    # upsampled as bytes.
+    edge_band = 2.0 * max(float(s) for s in sigmas)
     fov = _to_full(fov_small, f, (H, W))
-    dist = _to_full(dist_small, f, (H, W))
+    near_edge = _to_full(np.abs(dist_small) <= edge_band, f, (H, W))
     if recipe.uint8_map:
         maps = maps.astype(np.uint8).astype(np.float32)  # the original's truncation (and wrap-around)
     _zero_border(maps, border)
     valid = None
     if recipe.fov:
-        valid = dist > fov_margin(sigmas)
+        valid = _to_full(dist_small > fov_margin(sigmas), f, (H, W))
         _zero_border(valid, border)
         maps[~valid] = 0
     thr = _threshold(maps, valid, alpha)
@@ -516,10 +534,6 @@ def _postprocess(
         thr = thr.astype(np.float32)  # the float recipes compare in float32, as they always have
     binary = (maps >= thr[:, None, None]) & (maps > floors[:, None, None])
     masks, seeds = _components(binary, maps, floors, recipe.components, int(round(MIN_COMPONENT * H * W)))
-    # the collimator's edge responds within ~2 sigma of it, on either side; the fov recipe's margin
-    # (3 sigma) keeps its own masks out of this band
-    edge_band = 2.0 * max(float(s) for s in sigmas)
-    near_edge = np.abs(dist) <= edge_band
     results = []
     for b in range(B):
         region = valid[b] if valid is not None else np.ones((H, W), dtype=bool)

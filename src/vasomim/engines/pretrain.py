@@ -1,49 +1,16 @@
 """VasoMIM pre-training (stage 3): an MAE with anatomy-guided masking and the consistency loss.
 
-One function, :func:`pretrain`, reads top to bottom like MAE's ``main_pretrain.py`` +
-``engine_pretrain.py``: set-up (processes, data, model, frozen segmentor, optimizer, resume), then
-the epoch loop (lr and beta schedules, masks, loss, accumulation, logging, checkpoints). The MAE
-baseline and every ablation are the same code with other settings (``configs/pretrain/``).
+:func:`pretrain` reads like MAE's ``main_pretrain.py``: :func:`setup` (data, model, frozen
+segmentor, optimizer), the resume, then one :func:`train_one_epoch` per epoch (lr and beta
+schedules, masks, loss, accumulation) as MAE's ``engine_pretrain.py``, with logging and checkpoints.
+The MAE baseline and every ablation are the same code with other settings (``configs/pretrain/``).
 
-Run folder (``out``, default ``runs/pretrain/<name>``):
+The run folder (``config.json``, ``log.jsonl``, ``checkpoint-last.pth``, ``checkpoint-final.pth``)
+is described in ``docs/pretrain.md``; claiming, resuming and trimming it is :mod:`.runs`.
 
-``config.json``
-    the configuration the run started with, as plain data (a resume never rewrites it).
-``log.jsonl``
-    one line per epoch: ``epoch`` (epochs done), ``step`` (optimizer steps done), per-epoch means of
-    ``lr``, ``beta``, ``loss``, ``rec``, ``cons`` (``null`` when the consistency loss is off),
-    ``vessel_share_masked`` (share of vessel-containing patches among the masked ones, the paper's
-    Fig. 3a) and ``vessel_share_all`` (among all patches), and ``time`` (seconds for the epoch).
-    Vessel-containing means: at least one anatomy-mask pixel in the patch. A resume with changed
-    settings adds an event line ``{"event": "config_changed", "from_epoch": e, "changes": {key: [old,
-    new]}}``: the new values apply from epoch ``e`` on.
-``checkpoint-last.pth``
-    every ``save_every`` epochs and at the end: ``model`` (MAE state dict), ``optimizer``,
-    ``epoch`` (epochs done), ``step``, ``config`` (what its last epoch ran with), ``rng``
-    (Python/NumPy/torch states).
-``checkpoint-final.pth``
-    at the end: ``model``, ``config``, ``epoch``, ``step`` (what fine-tuning loads).
-``tensorboard/``
-    with ``tensorboard: true`` and the package installed.
-
-Every checkpoint is written atomically and loads with ``torch.load(path, weights_only=True)``.
-A folder that holds a run is only reused with ``resume`` (which refuses a change to the weights'
-shapes, :data:`SHAPE_KEYS`) or ``overwrite`` (which deletes the run's files first).
-
-Reproducibility. Every random choice of a training step is a function of the seed and of where
-the step is in the run, never of the process that makes it:
-
-- sample order: ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` with ``set_epoch``,
-  also for a single process (one replica), so a run's global batches do not depend on the
-  number of processes;
-- augmentation (crop, flip): torch's generator is seeded from ``(seed, epoch, sample index)``
-  around each sample (:class:`EpochSeededDataset`), whichever process or DataLoader worker reads it;
-- masks: one generator per epoch, seeded from ``(seed, epoch)`` and the same on every rank. Each
-  rank draws the masks of the whole global micro-batch and keeps its own rows
-  (:func:`draw_masks`), so a sample gets the same mask with 1 or W processes.
-
-Hence a resumed run (from an epoch boundary) continues exactly, and a W-process run follows the
-single-process trajectory at the same global batch, up to the order of float reductions.
+Every random choice of a step (sample order, crop and flip, masks) is a function of the seed and of
+where the step is in the run, never of the process that makes it, so a resumed run continues
+exactly and a W-process run follows the single-process one (``docs/pretrain.md``, "Reproducibility").
 """
 
 from __future__ import annotations
@@ -51,10 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Literal
@@ -63,11 +30,24 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.data import Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
 
 from vasomim.config import StrictModel, config_to_dict
-from vasomim.data.transforms import TransformConfig
-from vasomim.masking import guided_mask, masked_vessel_share, patch_distribution
+from vasomim.data.datasets import PretrainDataset
+from vasomim.data.sources import AnatomySource, load_source
+from vasomim.data.transforms import TransformConfig, build_transform
+from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr, init_distributed,
+                                    param_groups_weight_decay, reduce_mean, rng_state, seed_everything,
+                                    set_rng_state, tensorboard_writer, write_scalars, write_text_atomic)
+from vasomim.engines.runs import claim_run_dir, resume_changes, truncate_log
+from vasomim.engines.segmentor import load_segmentor
+from vasomim.losses import segmentor_probs, to_unit_range, vasomim_loss
+from vasomim.masking import beta_at, epoch_beta, guided_mask, masked_vessel_share, patch_distribution
+from vasomim.models.mae import mae_vit
+from vasomim.models.unet_mim import MaskedUNet
+from vasomim.models.unext import frozen_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +55,6 @@ SEGMENTOR_MULTIPLE = 32  # UNeXt-S downsamples five times
 # per-micro-batch values averaged into the epoch's log record
 LOSS_TERMS = ("loss", "rec", "cons", "vessel_share_masked", "vessel_share_all")
 # settings that fix the shapes of the weights: a resumed run cannot change them
-SHAPE_KEYS = ("data.img_size", "data.in_chans", "model.size", "model.embed_dim", "model.depth",
-              "model.num_heads", "model.patch_size", "model.decoder_embed_dim", "model.decoder_depth",
-              "model.decoder_num_heads")
-# the same for a U-Net run (model.arch: unet; the U-Net takes any image size)
-UNET_SHAPE_KEYS = ("data.in_chans", "model.arch", "model.base_channels", "model.levels", "model.norm")
-RUN_FILES = ("checkpoint-last.pth", "checkpoint-final.pth", "log.jsonl", "config.json")
-
-
 class DataConfig(StrictModel):
     """Unlabelled angiograms and their anatomy masks (written by ``vasomim anatomy``)."""
 
@@ -324,8 +296,6 @@ def forward_losses(
         ``loss``, ``rec``, ``cons`` (scalar tensors, ``loss`` with a graph) and the detached
         per-batch means ``vessel_share_masked`` and ``vessel_share_all`` (measured on the anatomy).
     """
-    from vasomim.losses import segmentor_probs, to_unit_range, vasomim_loss
-
     patch = cfg.model.patch_size
     mean, std = cfg.data.transform_config().stats()
     probs = None
@@ -361,17 +331,12 @@ def autocast_enabled(cfg: PretrainConfig, device: torch.device) -> bool:
 
 def build_optimizer(model: nn.Module, cfg: PretrainConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases, norms, position embeddings and tokens; fused on CPU."""
-    from vasomim.engines.common import param_groups_weight_decay
-
     return torch.optim.AdamW(param_groups_weight_decay(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas,
                              fused=CPU_FUSED_ADAMW if device.type == "cpu" else None)
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
     """The MAE of ``cfg.model`` for ``cfg.data``'s size and channels (or the masked U-Net)."""
-    from vasomim.models.mae import mae_vit
-    from vasomim.models.unet_mim import MaskedUNet
-
     m = cfg.model
     if m.arch == "unet":
         return MaskedUNet(cfg.data.in_chans, m.base_channels, m.levels, m.norm, m.norm_pix_loss)
@@ -384,9 +349,6 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
 
 def load_frozen_segmentor(cfg: PretrainConfig, device: torch.device) -> nn.Module | None:
     """The frozen UNeXt-S of ``cfg.consistency.segmentor``, or None when no part of the run needs it."""
-    from vasomim.engines.segmentor import load_segmentor
-    from vasomim.models.unext import frozen_for_inference
-
     if not cfg.needs_segmentor:
         return None
     path = cfg.consistency.segmentor
@@ -401,8 +363,6 @@ def load_frozen_segmentor(cfg: PretrainConfig, device: torch.device) -> nn.Modul
 
 def pretrain_items(cfg: DataConfig) -> list:
     """The items (image + anatomy mask) of ``cfg``: ``images`` + ``anatomy``, or ``spec``."""
-    from vasomim.data.sources import AnatomySource, load_source
-
     if cfg.spec is not None:
         if cfg.images or cfg.anatomy:
             raise ValueError("data: give either data.spec or data.images + data.anatomy, not both")
@@ -419,76 +379,123 @@ def pretrain_items(cfg: DataConfig) -> list:
     return source.items
 
 
-def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain configs."""
-    keys = sorted(set(old) | set(new))
-    changes = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _config_changes(a, b, f"{prefix}{k}.")
-        elif a != b:
-            changes.append(f"{prefix}{k}")
-    return changes
+@dataclass
+class Trainer:
+    """What the epochs train with: built once by :func:`setup`."""
+
+    model: nn.Module  # holds the weights (saved, loaded)
+    ddp_model: nn.Module  # the DDP wrapper (or the model): train mode, no_sync
+    run_model: nn.Module  # what the steps call (compiled or not)
+    run_segmentor: nn.Module | None
+    segmentor: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    dataset: EpochSeededDataset
+    sampler: DistributedSampler
+    loader: DataLoader
+    autocast: torch.autocast
+    lr: float  # peak learning rate
+    eff_batch: int
+    steps_per_epoch: int
 
 
-def _dotted(config: dict, key: str):
-    for part in key.split("."):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
+def setup(cfg: PretrainConfig, dist) -> Trainer:
+    """Frozen segmentor, data (every rank its round-robin share of the same global batches), model, optimizer."""
+    device, rank, world = dist.device, dist.rank, dist.world_size
+    segmentor = load_frozen_segmentor(cfg, device)  # first: fail fast on a missing checkpoint
+    dataset = EpochSeededDataset(
+        PretrainDataset(pretrain_items(cfg.data), build_transform(cfg.data.transform_config(), train=True)),
+        cfg.seed)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    # Workers are started anew every epoch (they must see the epoch); forking them from a process
+    # that already runs the process group's threads can deadlock, so distributed runs start
+    # them from a clean fork server instead.
+    context = "forkserver" if (cfg.workers > 0 and world > 1) else None
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=device.type == "cuda", drop_last=True, multiprocessing_context=context)
+    accum = cfg.optim.accum_iter
+    steps_per_epoch = len(loader) // accum
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"data: {len(dataset)} images give no optimizer step per epoch at batch_size {cfg.batch_size} x "
+            f"{world} process(es) x accum_iter {accum}; lower batch_size or accum_iter")
+
+    seed_everything(cfg.seed)  # the same initial weights on every rank and for every arm
+    model = build_model(cfg).to(device)
+    eff_batch = cfg.batch_size * accum * world
+    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff_batch / 256
+    optimizer = build_optimizer(model, cfg, lr, device)
+    ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist.distributed else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled(cfg, device))
+    run_model, run_segmentor = ddp_model, segmentor  # what the steps call; the weights stay in model
+    if cfg.compile:
+        run_model = torch.compile(ddp_model)
+        run_segmentor = torch.compile(segmentor) if segmentor is not None else None
+    return Trainer(model, ddp_model, run_model, run_segmentor, segmentor, optimizer, dataset, sampler, loader,
+                   autocast, lr, eff_batch, steps_per_epoch)
 
 
-def resume_changes(old: dict, new: dict, source: Path) -> dict[str, list]:
-    """``{key: [old, new]}`` for the settings that differ between a checkpoint's config and this run's.
+def train_one_epoch(t: Trainer, cfg: PretrainConfig, epoch: int, step: int, dist,
+                    progress: bool) -> tuple[dict, int]:
+    """One epoch: per iteration the lr and beta schedules, masks, loss and (every ``accum_iter``) a step.
 
-    Raises:
-        ValueError: one line naming the first key of :data:`SHAPE_KEYS` that differs (the
-            checkpoint's weights would not fit the new model).
+    Returns the epoch's log record (means over the iterations, reduced over the processes) and the
+    optimizer steps done so far.
     """
-    changes = {k: [_dotted(old, k), _dotted(new, k)] for k in _config_changes(old, new)}
-    unet = "unet" in (_dotted(old, "model.arch"), _dotted(new, "model.arch"))
-    for key in UNET_SHAPE_KEYS if unet else SHAPE_KEYS:
-        if key in changes:
-            before, now = changes[key]
-            raise ValueError(f"{source}: cannot resume with {key}={now}: the run was trained with {key}={before} "
-                             "and the weights' shapes depend on it (keep it, or start a new run with another "
-                             "out or --overwrite)")
-    return changes
+    device, accum = dist.device, cfg.optim.accum_iter
+    iters_per_epoch = t.steps_per_epoch * accum  # a last incomplete accumulation is skipped
+    t_epoch = time.perf_counter()
+    t.sampler.set_epoch(epoch)
+    t.dataset.set_epoch(epoch)
+    mask_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, epoch))  # CPU: the same masks on any device
+    t.ddp_model.train()
+    sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)  # summed on device, no sync
+    lr_sum = beta_sum = 0.0
+    bar = tqdm(islice(t.loader, iters_per_epoch), total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               unit="it", disable=not (progress and dist.is_main), file=sys.stderr)
+    for it, batch in enumerate(bar):
+        fractional_epoch = epoch + it / iters_per_epoch  # schedules per iteration, as MAE
+        if it % accum == 0:
+            lr_now = cosine_lr(fractional_epoch, cfg.epochs, cfg.optim.warmup_epochs, t.lr, cfg.optim.min_lr)
+            for group in t.optimizer.param_groups:
+                group["lr"] = lr_now
+        if cfg.masking.schedule == "epoch":  # (e + 1) / E: the last epoch reaches beta_E
+            beta = epoch_beta(epoch, cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
+        else:
+            beta = beta_at(fractional_epoch / cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
 
+        imgs = batch["image"].to(device, non_blocking=True)
+        anatomy = batch["anatomy"].to(device, non_blocking=True)
+        update = (it + 1) % accum == 0
+        # gradients are all-reduced on the last micro-batch of an accumulation only
+        sync = nullcontext() if update or not dist.distributed else t.ddp_model.no_sync()
+        with sync:
+            with t.autocast:
+                out = forward_losses(t.run_model, t.run_segmentor, imgs, anatomy, cfg, beta, mask_gen,
+                                     dist.rank, dist.world_size)
+            (out["loss"] / accum).backward()
+        if update:
+            t.optimizer.step()
+            t.optimizer.zero_grad(set_to_none=True)
+            step += 1
 
-def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Refuse a folder that holds a run unless resuming or overwriting; overwriting deletes its files."""
-    held = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if resume and overwrite:
-        raise ValueError("give either --resume or --overwrite, not both")
-    if not held or resume:
-        return
-    if not overwrite:
-        raise ValueError(f"{run_dir}: holds a previous run ({', '.join(held)}); pass --resume to continue it, "
-                         "--overwrite to replace it, or choose another out")
-    if is_main:
-        for name in held:
-            (run_dir / name).unlink()
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        loss_value = out["loss"].item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1}, iteration {it}; stopping")
+        sums += torch.stack([out[k].detach().double() for k in LOSS_TERMS])
+        lr_sum += lr_now
+        beta_sum += beta
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}", beta=f"{beta:.3f}")
 
-
-def _truncate_log(path: Path, epochs_done: int) -> None:
-    """Keep the log lines of epochs up to `epochs_done` (a resumed run redoes the later ones).
-
-    An event line is kept when it applies from an epoch up to `epochs_done`."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-            if rec.get("from_epoch", rec.get("epoch", 0)) <= epochs_done:
-                kept.append(line)
-        except json.JSONDecodeError:  # a line torn by the interruption
-            continue
-    from vasomim.engines.common import write_text_atomic
-
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    means = dict(zip(LOSS_TERMS, (reduce_mean(sums) / iters_per_epoch).tolist()))
+    record = {"epoch": epoch + 1, "step": step, "lr": lr_sum / iters_per_epoch,
+              "beta": beta_sum / iters_per_epoch, "loss": means["loss"], "rec": means["rec"],
+              "cons": means["cons"] if cfg.consistency.weight > 0 else None,
+              "vessel_share_masked": means["vessel_share_masked"],
+              "vessel_share_all": means["vessel_share_all"],
+              "time": round(time.perf_counter() - t_epoch, 3)}
+    return record, step
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
@@ -509,63 +516,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
         ``effective_batch_size``, ``lr``, ``last`` (the last epoch's log record, None if no epoch
         ran) and ``wall_time_s``.
     """
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler
-    from tqdm import tqdm
-
-    from vasomim.data.datasets import PretrainDataset
-    from vasomim.data.transforms import build_transform
-    from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr,
-                                        init_distributed, reduce_mean, rng_state,
-                                        seed_everything, set_rng_state, tensorboard_writer, write_scalars,
-                                        write_text_atomic)
-    from vasomim.masking import beta_at, epoch_beta
-
     t_start = time.perf_counter()
     dist = init_distributed(None if cfg.device == "auto" else cfg.device)
     writer = log = None
     try:
-        device, rank, world = dist.device, dist.rank, dist.world_size
         run_dir = cfg.run_dir
         claim_run_dir(run_dir, resume, overwrite, dist.is_main)
-        if device.type == "cuda":
+        if dist.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-
-        segmentor = load_frozen_segmentor(cfg, device)  # first: fail fast on a missing checkpoint
-
-        # -- data: every rank sees its round-robin share of the same global batches
-        dataset = EpochSeededDataset(
-            PretrainDataset(pretrain_items(cfg.data), build_transform(cfg.data.transform_config(), train=True)),
-            cfg.seed)
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                     drop_last=True)
-        # Workers are started anew every epoch (they must see the epoch); forking them from a process
-        # that already runs the process group's threads can deadlock, so distributed runs start
-        # them from a clean fork server instead.
-        context = "forkserver" if (cfg.workers > 0 and world > 1) else None
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            pin_memory=device.type == "cuda", drop_last=True, multiprocessing_context=context)
-        accum = cfg.optim.accum_iter
-        steps_per_epoch = len(loader) // accum
-        iters_per_epoch = steps_per_epoch * accum  # a last incomplete accumulation is skipped
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"data: {len(dataset)} images give no optimizer step per epoch at batch_size {cfg.batch_size} x "
-                f"{world} process(es) x accum_iter {accum}; lower batch_size or accum_iter")
-
-        # -- model and optimizer
-        seed_everything(cfg.seed)  # the same initial weights on every rank and for every arm
-        model = build_model(cfg).to(device)
-        eff_batch = cfg.batch_size * accum * world
-        lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff_batch / 256
-        optimizer = build_optimizer(model, cfg, lr, device)
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-            if dist.distributed else model
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled(cfg, device))
-        run_model, run_segmentor = ddp_model, segmentor  # what the steps call; the weights stay in model
-        if cfg.compile:
-            run_model = torch.compile(ddp_model)
-            run_segmentor = torch.compile(segmentor) if segmentor is not None else None
+        t = setup(cfg, dist)
+        model, optimizer = t.model, t.optimizer
 
         # -- resume
         plain_cfg = config_to_dict(cfg)
@@ -593,89 +553,40 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
             kind = f"U-Net ({cfg.model.base_channels}x{cfg.model.levels})" if cfg.model.arch == "unet" \
                 else f"ViT-{cfg.model.size}"
             logger.info(f"[pretrain] {cfg.name}: {kind} MAE ({n_params / 1e6:.1f}M trainable parameters), "
-                        f"{len(dataset)} images, {world} process(es) on {device.type}, effective batch {eff_batch}, "
-                        f"lr {lr:.3g}, {steps_per_epoch} steps/epoch, segmentor {'on' if segmentor else 'off'}")
+                        f"{len(t.dataset)} images, {dist.world_size} process(es) on {dist.device.type}, effective "
+                        f"batch {t.eff_batch}, lr {t.lr:.3g}, {t.steps_per_epoch} steps/epoch, "
+                        f"segmentor {'on' if t.segmentor else 'off'}")
             run_dir.mkdir(parents=True, exist_ok=True)
             if start_epoch == 0:  # a resumed run keeps the config its first epochs ran with
                 write_text_atomic(run_dir / "config.json", json.dumps(plain_cfg, indent=2))
-            _truncate_log(run_dir / "log.jsonl", start_epoch)
+            truncate_log(run_dir / "log.jsonl", start_epoch)
             log = JsonlLogger(run_dir / "log.jsonl")
             if changes and start_epoch < cfg.epochs:
                 log.log({"event": "config_changed", "from_epoch": start_epoch + 1, "changes": changes})
             # the writer (None without tensorboard) is closed in the finally below
             writer = tensorboard_writer(cfg.tensorboard, run_dir / "tensorboard", "pretrain").__enter__()
 
-        def save_last(epochs_done: int) -> None:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "epoch": epochs_done, "step": step, "config": ckpt_cfg, "rng": rng_state()},
-                              last_path)
-
         # -- training
         record = None
         for epoch in range(start_epoch, cfg.epochs):
-            t_epoch = time.perf_counter()
             ckpt_cfg = plain_cfg
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            mask_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, epoch))  # CPU: the same masks on any device
-            ddp_model.train()
-            sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)  # summed on device, no sync
-            lr_sum = beta_sum = 0.0
-            bar = tqdm(islice(loader, iters_per_epoch), total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       unit="it", disable=not (progress and dist.is_main), file=sys.stderr)
-            for it, batch in enumerate(bar):
-                fractional_epoch = epoch + it / iters_per_epoch  # schedules per iteration, as MAE
-                if it % accum == 0:
-                    lr_now = cosine_lr(fractional_epoch, cfg.epochs, cfg.optim.warmup_epochs, lr, cfg.optim.min_lr)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_now
-                if cfg.masking.schedule == "epoch":  # (e + 1) / E: the last epoch reaches beta_E
-                    beta = epoch_beta(epoch, cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
-                else:
-                    beta = beta_at(fractional_epoch / cfg.epochs, cfg.masking.beta_0, cfg.masking.beta_E)
-
-                imgs = batch["image"].to(device, non_blocking=True)
-                anatomy = batch["anatomy"].to(device, non_blocking=True)
-                update = (it + 1) % accum == 0
-                # gradients are all-reduced on the last micro-batch of an accumulation only
-                sync = nullcontext() if update or not dist.distributed else ddp_model.no_sync()
-                with sync:
-                    with autocast:
-                        out = forward_losses(run_model, run_segmentor, imgs, anatomy, cfg, beta, mask_gen, rank, world)
-                    (out["loss"] / accum).backward()
-                if update:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-
-                loss_value = out["loss"].item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1}, iteration {it}; stopping")
-                sums += torch.stack([out[k].detach().double() for k in LOSS_TERMS])
-                lr_sum += lr_now
-                beta_sum += beta
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}", beta=f"{beta:.3f}")
-
-            means = dict(zip(LOSS_TERMS, (reduce_mean(sums) / iters_per_epoch).tolist()))
-            record = {"epoch": epoch + 1, "step": step, "lr": lr_sum / iters_per_epoch,
-                      "beta": beta_sum / iters_per_epoch, "loss": means["loss"], "rec": means["rec"],
-                      "cons": means["cons"] if cfg.consistency.weight > 0 else None,
-                      "vessel_share_masked": means["vessel_share_masked"],
-                      "vessel_share_all": means["vessel_share_all"],
-                      "time": round(time.perf_counter() - t_epoch, 3)}
+            record, step = train_one_epoch(t, cfg, epoch, step, dist, progress)
             if dist.is_main:
                 log.log(record)  # before the checkpoint: a crash in between redoes (and re-logs) this epoch
                 write_scalars(writer, "pretrain", record, epoch + 1)
                 if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-                    save_last(epoch + 1)
+                    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "epoch": epoch + 1, "step": step, "config": ckpt_cfg, "rng": rng_state()},
+                                      last_path)
 
         final_path = run_dir / "checkpoint-final.pth"
         if dist.is_main:
             atomic_torch_save({"model": model.state_dict(), "config": ckpt_cfg, "epoch": cfg.epochs, "step": step},
                               final_path)
         return {"run_dir": str(run_dir), "checkpoint": str(final_path), "epochs": cfg.epochs,
-                "start_epoch": start_epoch, "steps": step, "world_size": world, "effective_batch_size": eff_batch,
-                "lr": lr, "last": record, "wall_time_s": round(time.perf_counter() - t_start, 1)}
+                "start_epoch": start_epoch, "steps": step, "world_size": dist.world_size,
+                "effective_batch_size": t.eff_batch, "lr": t.lr, "last": record,
+                "wall_time_s": round(time.perf_counter() - t_start, 1)}
     finally:
         if log is not None:
             log.close()

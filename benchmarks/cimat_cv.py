@@ -48,8 +48,9 @@ import numpy as np
 import torch
 
 from vasomim.config import build_config
+from vasomim.data.io import write_text_atomic
 from vasomim.engines.anatomy import AnatomyConfig, run_anatomy
-from vasomim.engines.evaluate import evaluate_folders, write_atomic
+from vasomim.engines.evaluate import evaluate_folders
 from vasomim.engines.finetune import FinetuneConfig, finetune, kfold_splits
 from vasomim.metrics import summarize
 
@@ -210,8 +211,8 @@ def main(argv=None) -> int:
     lines += ["", f"command: `{command}`", f"wall time: {wall:.0f} s ({wall / 60:.1f} min)"]
     lines += [f"note: {n}" for n in notes]
     table = "\n".join(lines) + "\n"
-    write_atomic(out / "table.md", table)
-    write_atomic(out / "table.json", json.dumps(
+    write_text_atomic(out / "table.md", table)
+    write_text_atomic(out / "table.json", json.dumps(
         {"command": command, "settings": vars(args), "rows": rows, "notes": notes,
          "pretraining": pretraining, "wall_s": round(wall, 1)}, indent=2) + "\n")
     print(table)

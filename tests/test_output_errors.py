@@ -14,7 +14,8 @@ import torch
 
 from vasomim.cli import main
 from vasomim.data.io import atomic_file, write_png_atomic
-from vasomim.engines.common import atomic_torch_save, write_text_atomic
+from vasomim.data.io import write_text_atomic
+from vasomim.engines.common import atomic_torch_save
 
 
 def leftovers(root: Path) -> list[str]:

@@ -26,25 +26,18 @@ from typing import Any
 
 import numpy as np
 
+from vasomim.data.io import atomic_file, write_png_atomic, write_text_atomic
+
 FIGURE_DPI = 120
 
 
 # ------------------------------------------------------------------------------ output helpers
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fh)`` on a binary temporary file beside ``path``, then rename it onto ``path``."""
-    from vasomim.data.io import atomic_file
-
-    with atomic_file(path) as fh:
-        write(fh)
-
-
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 text atomically; returns the path."""
-    path = Path(path)
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-    return path
+    write_text_atomic(path, text)
+    return Path(path)
 
 
 def _jsonable(value: Any) -> Any:
@@ -69,15 +62,6 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    """A uint8 / bool (H, W) or (H, W, 3) array as PNG, atomically."""
-    from PIL import Image
-
-    arr = np.asarray(array)
-    arr = arr.astype(np.uint8) * 255 if arr.dtype == bool else arr
-    _atomic_write(path, lambda fh: Image.fromarray(arr).save(fh, format="PNG"))
-
-
 def save_figure(fig, path: str | os.PathLike, dpi: int = FIGURE_DPI) -> Path:
     """Save a matplotlib figure as PNG atomically, then close it; returns the path.
 
@@ -90,7 +74,8 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = FIGURE_DPI) -> Path:
 
     path = Path(path)
     try:
-        _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight"))
+        with atomic_file(path) as fh:
+            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
@@ -324,14 +309,15 @@ class Report:
             arr = figure
             if arr.dtype not in (np.uint8, bool):
                 arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-            _write_png(dest, arr)
+            write_png_atomic(dest, arr)
             return dest
         src = Path(figure)
         if not src.is_file():
             raise FileNotFoundError(f"{src}: figure file not found")
         dest = self._reserve(name or src.name)
         if src.resolve() != dest.resolve():
-            _atomic_write(dest, lambda fh: fh.write(src.read_bytes()))
+            with atomic_file(dest) as fh:
+                fh.write(src.read_bytes())
         return dest
 
     def _reserve(self, name: str) -> Path:

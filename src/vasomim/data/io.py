@@ -264,6 +264,12 @@ def atomic_file(path: str | os.PathLike, durable: bool = False) -> Iterator[Bina
         raise
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 `text` to `path` through :func:`atomic_file` (never a half file)."""
+    with atomic_file(path) as fh:
+        fh.write(text.encode("utf-8"))
+
+
 def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a uint8/bool/uint16 2-D or RGB array as PNG via a temporary file and an atomic rename."""
     arr = np.asarray(array)

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vasomim.data.io import atomic_file
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -95,18 +97,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     A reader never sees a half-written file, and a crash leaves the previous file intact
     (:func:`vasomim.data.io.atomic_file`).
     """
-    from vasomim.data.io import atomic_file
-
     with atomic_file(path, durable=True) as fh:
         torch.save(obj, fh)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 `text` to `path` through a temporary file and a rename (never a half file)."""
-    from vasomim.data.io import atomic_file
-
-    with atomic_file(path) as fh:
-        fh.write(text.encode("utf-8"))
 
 
 def rng_state() -> dict[str, Any]:

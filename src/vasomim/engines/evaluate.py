@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_mask, write_text_atomic
 from vasomim.data.sources import Item, load_source, scan_files
 from vasomim.inference import resolve_device
 from vasomim.metrics import binarize, evaluate_pair, summarize
@@ -40,7 +40,6 @@ __all__ = [
     "format_table",
     "score_items",
     "summarize_rows",
-    "write_atomic",
     "write_report",
 ]
 
@@ -63,13 +62,6 @@ class EvalResult:
 
     rows: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half file)."""
-    from vasomim.engines.common import write_text_atomic
-
-    write_text_atomic(path, text)
 
 
 def _stem_index(root: Path) -> dict[str, str]:
@@ -229,8 +221,8 @@ def write_report(result: EvalResult, out: str | os.PathLike, extra: dict | None 
                "failures": list(result.failures),
                "metrics": summarize_rows(result.rows) if result.rows else {},
                "std_over": "images", **(extra or {})}
-    write_atomic(out / "per_image.csv", csv_text(result.rows, ("image", *METRICS)))
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "per_image.csv", csv_text(result.rows, ("image", *METRICS)))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

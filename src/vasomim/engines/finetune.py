@@ -18,9 +18,9 @@ import numpy as np
 
 from vasomim.config import config_to_dict
 from vasomim.data.check import pair_size_problems
-from vasomim.data.io import looked_for
+from vasomim.data.io import looked_for, write_text_atomic
 from vasomim.data.sources import Item, load_source
-from vasomim.engines.evaluate import METRICS, csv_text, format_table, summarize_rows, write_atomic
+from vasomim.engines.evaluate import METRICS, csv_text, format_table, summarize_rows
 from vasomim.engines.finetune_config import AugmentConfig, FinetuneConfig, network_spec
 from vasomim.engines.finetune_run import RunPlan, RunResult, initialize, train_run
 from vasomim.inference import build_network
@@ -198,7 +198,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
         held_out = labelled_items(cfg.val_data)
         splits = [(list(range(len(items))), list(range(len(held_out))))]
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    write_text_atomic(out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     t0 = time.perf_counter()
     results: list[RunResult] = []
     remaining = stop_after
@@ -217,6 +217,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
             results.append(res)
     summary = _summary(cfg, results, time.perf_counter() - t0)
     rows = [{"seed": r.seed, "fold": r.fold, **row} for r in results for row in r.rows]
-    write_atomic(out / "per_image.csv", csv_text(rows, ("seed", "fold", "image", *METRICS)))
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "per_image.csv", csv_text(rows, ("seed", "fold", "image", *METRICS)))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

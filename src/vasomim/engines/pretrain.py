@@ -36,11 +36,12 @@ from tqdm import tqdm
 
 from vasomim.config import StrictModel, config_to_dict
 from vasomim.data.datasets import PretrainDataset
+from vasomim.data.io import write_text_atomic
 from vasomim.data.sources import AnatomySource, load_source
 from vasomim.data.transforms import TransformConfig, build_transform
 from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cleanup_distributed, cosine_lr, init_distributed,
                                     param_groups_weight_decay, reduce_mean, rng_state, seed_everything,
-                                    set_rng_state, tensorboard_writer, write_scalars, write_text_atomic)
+                                    set_rng_state, tensorboard_writer, write_scalars)
 from vasomim.engines.runs import claim_run_dir, resume_changes, truncate_log
 from vasomim.engines.segmentor import load_segmentor
 from vasomim.losses import segmentor_probs, to_unit_range, vasomim_loss

@@ -9,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from vasomim.engines.common import write_text_atomic
+from vasomim.data.io import write_text_atomic
 
 __all__ = ["RUN_FILES", "SHAPE_KEYS", "UNET_SHAPE_KEYS", "claim_run_dir", "config_changes", "resume_changes",
            "truncate_log"]

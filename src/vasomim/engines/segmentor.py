@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from vasomim.config import StrictModel, config_to_dict
 from vasomim.data.datasets import SegmentationDataset
+from vasomim.data.io import write_text_atomic
 from vasomim.data.sources import AnatomySource
 from vasomim.data.transforms import TransformConfig, build_transform
 from vasomim.engines.common import (JsonlLogger, atomic_torch_save, rng_state, seed_everything, set_rng_state,
@@ -168,7 +169,5 @@ def train_segmentor(cfg: SegmentorConfig, resume: bool = False, progress: bool =
                        "val_dice": val_dice}, out / "segmentor.pth")
     summary = {"train_images": len(train_items), "val_images": len(val_items), "val_dice_vs_pseudo_labels": val_dice,
                "epochs": cfg.epochs, "wall_time_s": round(time.perf_counter() - t0, 1), "checkpoint": str(out / "segmentor.pth")}
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from vasomim.config import config_hash
+from vasomim.data.io import write_text_atomic
 
 
 @dataclass
@@ -130,10 +131,9 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         dep_out = {f"{dep.kind}/{dep.name}": report.outputs[f"{dep.kind}/{dep.name}"] for dep in s.deps}
         outputs = s.run(d, s.config, dep_out)
         dt = time.perf_counter() - t0
-        tmp = d / "stage.json.tmp"
-        tmp.write_text(json.dumps({"kind": s.kind, "name": s.name, "key": s.key, "seconds": round(dt, 1),
-                                   "outputs": outputs}, indent=2, default=str))
-        tmp.replace(d / "stage.json")
+        write_text_atomic(d / "stage.json", json.dumps({"kind": s.kind, "name": s.name, "key": s.key,
+                                                        "seconds": round(dt, 1), "outputs": outputs},
+                                                       indent=2, default=str))
         say(f"{prefix}: done in {dt:.0f} s")
         report.ran.append(ident)
         report.outputs[ident] = outputs

@@ -35,8 +35,9 @@ from pydantic import Field
 
 from vasomim.anatomy import DEFAULT_RECIPE
 from vasomim.config import StrictModel, deep_merge
+from vasomim.data.io import write_text_atomic
 from vasomim.engines.anatomy import AnatomyConfig, frangi_prediction, list_images, run_anatomy
-from vasomim.engines.evaluate import csv_text, summarize_rows, write_atomic
+from vasomim.engines.evaluate import csv_text, summarize_rows
 from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items
 from vasomim.engines.pretrain import PretrainConfig, pretrain
 from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
@@ -260,7 +261,7 @@ def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
     for it in labelled_items(config["labelled"]):
         image = it.load_image()
         rows.append({"image": it.id, **evaluate_pair(frangi_prediction(image, config), it.load_mask(image.shape))})
-    write_atomic(d / "per_image.csv", csv_text(rows, ("image", "dice", "cldice", "tprec", "tsens")))
+    write_text_atomic(d / "per_image.csv", csv_text(rows, ("image", "dice", "cldice", "tprec", "tsens")))
     return {"metrics": summarize_rows(rows), "per_image": str(d / "per_image.csv"), "n": len(rows)}
 
 

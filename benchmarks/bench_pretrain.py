@@ -1,8 +1,7 @@
 """VasoMIM pre-training costs, measured side by side in one run and printed as ratios.
 
 Sections:
-1. Anatomy-guided masking: `vasomim.masking.guided_mask` (vectorised over the batch; on CPU both
-   its NumPy and its torch backends) vs a per-sample Python loop as in the original code
+1. Anatomy-guided masking: `vasomim.masking.guided_mask` (vectorised over the batch) vs a per-sample Python loop as in the original code
    (torch.multinomial without replacement for the guided picks, a random permutation of the rest
    for the fill, then argsort and a gather for ids_restore and the mask). Target: >= 50x.
 2. One pre-training step (forward, loss, backward, AdamW step) of the trainer's own code
@@ -13,10 +12,23 @@ Sections:
    consistency (VasoMIM - guided). Target: <= 25% of an MAE step. Then images/s and peak memory
    per arm (CPU: peak resident set of a fresh process per arm above its level after the imports;
    CUDA: torch.cuda.max_memory_allocated).
+3. CPU precision, layout, compile and threads (`--sections cpu`): the trainer's step for ViT-Tiny,
+   MAE and VasoMIM arms, at the CPU study's settings (128 px, decoder 128 x 2) and at 224 px
+   (decoder 512 x 8), batch 16, under variants made of `+`-joined tokens: `fp32` (the trainer's
+   CPU step before this section existed), `bf16` (torch.autocast("cpu", bfloat16) around the
+   forward and the loss, as the trainer does on CUDA), `segbf16` (bf16 autocast inside the frozen
+   segmentor only), `contig` (segmentor weights in the default layout instead of channels-last),
+   `fused` (AdamW(fused=True)), `compile` (torch.compile of the MAE and the segmentor; compile time
+   printed separately); each at every `--cpu-threads` count, all interleaved in one process.
+   Correctness on the first call: rec and cons against fp32 on the same weights, batch and masks,
+   and the cosine between the variants' and fp32's gradients.
+4. CPU fine-tuning step (`--sections finetune`): the fine-tuning engine's step (ViT U-Net with
+   ViT-Tiny, and the CNN U-Net), fp32 vs bf16 autocast, at every `--cpu-threads` count.
 
     python benchmarks/bench_pretrain.py --threads 1                      # CPU: tiny and small
     python benchmarks/bench_pretrain.py --batch-size 256 --img-size 224 --gamma 0.5 --beta 0.5
     python benchmarks/bench_pretrain.py --device cuda --size base --batch-size 256 --amp bf16
+    python benchmarks/bench_pretrain.py --sections cpu --cpu-threads 1 2
 """
 
 from __future__ import annotations
@@ -124,11 +136,10 @@ def bench_masking(args: argparse.Namespace) -> None:
     masks = random_anatomy_masks(args.batch_size, args.img_size).to(device)
     f = patch_distribution(masks, PATCH)
     n = f.shape[1]
-    gen = torch.Generator(device).manual_seed(0)
-    fns = {"loop": lambda: loop_reference_mask(f, args.gamma, args.beta)}
-    backends = ["numpy", "torch"] if device.type == "cpu" else ["torch"]
-    for backend in backends:
-        fns[backend] = lambda b=backend: guided_mask(f, args.gamma, args.beta, gen, backend=b)
+    gen = torch.Generator().manual_seed(0)  # the masking draws on a CPU generator on every device
+    fns = {"loop": lambda: loop_reference_mask(f, args.gamma, args.beta),
+           "torch": lambda: guided_mask(f, args.gamma, args.beta, gen)}
+    backends = ["torch"]
     times = time_interleaved(fns, args.repeats, device)
     share = (f > 0).float().mean().item()
     print(f"== guided masking on {device.type}: batch {args.batch_size}, N = {n}, "
@@ -136,8 +147,7 @@ def bench_masking(args: argparse.Namespace) -> None:
     print("   interleaved single calls (median):")
     print(f"     per-sample loop            : {times['loop'] * 1e3:8.2f} ms")
     for backend in backends:
-        default = " (default)" if backend == backends[0] else ""
-        label = f"vectorised, {backend}{default}"
+        label = f"vectorised, {backend}"
         print(f"     {label:27s}: {times[backend] * 1e3:8.2f} ms   speed-up {times['loop'] / times[backend]:6.1f}x"
               "  (target >= 50x)")
     hot = {name: time_back_to_back(fn, args.repeats, device) for name, fn in fns.items()}
@@ -184,11 +194,12 @@ def build_step(size: str, arm: str, args: argparse.Namespace, device: torch.devi
     gen = torch.Generator(device).manual_seed(0)
     imgs = torch.randn(batch, 1, args.img_size, args.img_size, generator=gen, device=device)
     anatomy = random_anatomy_masks(batch, args.img_size).to(device)
+    mask_gen = torch.Generator().manual_seed(1)  # the trainer's masks draw on a CPU generator
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and args.amp == "bf16")
 
     def step() -> None:
         with autocast:
-            out = forward_losses(model, segmentor, imgs, anatomy, cfg, beta, gen)
+            out = forward_losses(model, segmentor, imgs, anatomy, cfg, beta, mask_gen)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -286,6 +297,210 @@ def bench_step(args: argparse.Namespace) -> None:
               f"{'met' if extra <= 0.25 else 'NOT met'}")
 
 
+# -- section 3: CPU precision, layout, compile and threads
+
+CPU_CONFIGS = {  # img_size -> (decoder_embed_dim, decoder_depth, decoder_num_heads)
+    128: (128, 2, 4),   # the CPU study's pre-training (examples/study_cimat.yaml, pretrain/tiny_cpu)
+    224: (512, 8, 16),  # the paper's decoder, as section 2
+}
+CPU_TOKENS = ("fp32", "bf16", "segbf16", "contig", "fused", "compile")
+
+
+class Bf16Segmentor(torch.nn.Module):
+    """Runs a frozen segmentor under bf16 autocast and returns float32 logits."""
+
+    def __init__(self, segmentor: torch.nn.Module) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.segmentor(x).float()
+
+
+def build_cpu_step(arm: str, variant: str, img_size: int, threads: int, args: argparse.Namespace) -> dict:
+    """The trainer's CPU step for ViT-Tiny under `variant`, and its first call as a correctness check.
+
+    The first call (forward, loss, backward, no optimizer step; it compiles under `compile`) runs
+    on the initial weights (seed 0, the same for every variant) with the same batch and masks.
+
+    Returns:
+        `step` (a callable), `first_s` (seconds of the first call), `rec`, `cons` (its losses) and
+        `grad` (the MAE's flattened gradient).
+    """
+    from vasomim.engines.common import param_groups_weight_decay
+    from vasomim.engines.pretrain import (ConsistencyConfig, DataConfig, MaskingConfig, ModelConfig,
+                                          PretrainConfig, build_model, forward_losses)
+    from vasomim.models.unext import UNeXt, frozen_for_inference
+
+    tokens = set(variant.split("+"))
+    unknown = tokens - set(CPU_TOKENS)
+    if unknown:
+        raise SystemExit(f"--variants: unknown token(s) {sorted(unknown)}; use {', '.join(CPU_TOKENS)}")
+    torch.set_num_threads(threads)
+    dim, depth, heads = CPU_CONFIGS[img_size]
+    beta = 0.0 if arm == "mae" else args.beta
+    cfg = PretrainConfig(
+        data=DataConfig(img_size=img_size),
+        model=ModelConfig(size="tiny", decoder_embed_dim=dim, decoder_depth=depth, decoder_num_heads=heads),
+        masking=MaskingConfig(mask_ratio=args.gamma, beta_0=beta, beta_E=beta),
+        consistency=ConsistencyConfig(weight=1.0 if arm == "vasomim" else 0.0),
+        amp="bf16" if "bf16" in tokens else "none",
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    segmentor = frozen_for_inference(UNeXt()) if arm == "vasomim" else None
+    if segmentor is not None and "contig" in tokens:
+        segmentor = segmentor.to(memory_format=torch.contiguous_format)
+    if segmentor is not None and "segbf16" in tokens:
+        segmentor = Bf16Segmentor(segmentor)
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-4, betas=(0.9, 0.95),
+                                  fused=True if "fused" in tokens else None)
+    run_model, run_segmentor = model, segmentor
+    if "compile" in tokens:
+        run_model = torch.compile(model)
+        run_segmentor = torch.compile(segmentor) if segmentor is not None else None
+    batch = args.step_batch_size
+    data_gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(batch, 1, img_size, img_size, generator=data_gen)
+    anatomy = random_anatomy_masks(batch, img_size)
+    mask_gen = torch.Generator().manual_seed(1)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in tokens)
+
+    def forward_backward() -> dict[str, torch.Tensor]:
+        with autocast:
+            out = forward_losses(run_model, run_segmentor, imgs, anatomy, cfg, beta, mask_gen)
+        out["loss"].backward()
+        return out
+
+    start = time.perf_counter()
+    first = forward_backward()
+    first_s = time.perf_counter() - start
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    optimizer.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        torch.set_num_threads(threads)
+        forward_backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return {"step": step, "first_s": first_s, "rec": first["rec"].item(), "cons": first["cons"].item(),
+            "grad": grad}
+
+
+def time_interleaved_cpu(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, dict]:
+    """Medians of the wall time and of the process CPU time of each function, calls interleaved.
+
+    On a shared machine the CPU time of a 1-thread call counts the work, not the time the call
+    waited for a core; with more threads it also counts their spinning, so read it at 1 thread.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def bench_cpu(args: argparse.Namespace) -> None:
+    """Section 3: img/s of the CPU variants against fp32 at the same thread count, interleaved."""
+    threads = args.cpu_threads or [torch.get_num_threads()]
+    variants = args.variants
+    if "fp32" not in variants:
+        variants = ["fp32", *variants]
+    batch = args.step_batch_size
+    for img_size in args.cpu_img_size:
+        dim, depth, _ = CPU_CONFIGS[img_size]
+        print(f"\n== CPU step variants, ViT-Tiny, {img_size} px, decoder {dim} x {depth}, batch {batch}, "
+              f"gamma {args.gamma}, beta {args.beta} (VasoMIM arm); {args.warmup} warm-up + {args.step_repeats} "
+              f"timed steps per variant, interleaved; threads {threads}")
+        for arm in args.cpu_arms:
+            built = {}
+            for n in threads:
+                for variant in variants:
+                    if arm == "mae" and {"contig", "segbf16"} & set(variant.split("+")):
+                        continue  # segmentor settings: the MAE arm has no segmentor
+                    built[f"{variant}@{n}"] = build_cpu_step(arm, variant, img_size, n, args)
+            for _ in range(args.warmup - 1):  # time_interleaved runs one more
+                for b in built.values():
+                    b["step"]()
+            wall, cpu = time_interleaved_cpu({k: b["step"] for k, b in built.items()}, args.step_repeats)
+            ref_key = f"fp32@{threads[0]}"  # correctness and the last ratio against it
+            ref = built[ref_key]
+            print(f"   {arm}:")
+            print(f"     {'variant@threads':<24}{'ms/step':>8}{'img/s':>7}{'x fp32':>7}{'cpu ms':>8}{'x fp32':>7}"
+                  f"{'x fp32@' + str(threads[0]):>9}{'1st call s':>11}{'rec rel':>9}{'cons rel':>9}{'grad cos':>10}")
+            for key, b in built.items():
+                n = key.rsplit("@", 1)[1]
+                cos = torch.nn.functional.cosine_similarity(b["grad"].double(), ref["grad"].double(), dim=0).item()
+                cons = f"{_rel(b['cons'], ref['cons']):9.1e}" if arm == "vasomim" else f"{'-':>9}"
+                print(f"     {key:<24}{wall[key] * 1e3:>8.0f}{batch / wall[key]:>7.1f}{wall[f'fp32@{n}'] / wall[key]:>7.2f}"
+                      f"{cpu[key] * 1e3:>8.0f}{cpu[f'fp32@{n}'] / cpu[key]:>7.2f}{wall[ref_key] / wall[key]:>9.2f}"
+                      f"{b['first_s']:>11.1f}{_rel(b['rec'], ref['rec']):>9.1e}{cons}{cos:>10.6f}")
+            del built
+
+
+def bench_finetune_cpu(args: argparse.Namespace) -> None:
+    """Section 4: a fine-tuning step (forward, Dice + BCE, backward, AdamW) on CPU, fp32 vs bf16.
+
+    The fine-tuning engine's own network, loss and layout (channels-last model and input), for the
+    ViT U-Net (ViT-Tiny) and the CNN U-Net; the bf16 variant runs the forward under
+    torch.autocast("cpu", bfloat16) and the loss on float32 logits, as the engine does on CUDA.
+    """
+    from vasomim.engines.finetune import FinetuneConfig, dice_bce_loss, network_spec
+    from vasomim.inference import build_network
+
+    threads = args.cpu_threads or [torch.get_num_threads()]
+    size, batch = args.ft_img_size, args.ft_batch_size
+    print(f"\n== CPU fine-tuning step, {size} px, batch {batch}; {args.warmup} warm-up + {args.step_repeats} "
+          f"timed steps per variant, interleaved; threads {threads}")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, size, size, generator=gen) > 0.9).float()
+    for arch in ("vit_unet", "unet"):
+        cfg = FinetuneConfig(data="unused", arch=arch, size="tiny", img_size=size)
+        fns, first = {}, {}
+        for n in threads:
+            for amp in (False, True):
+                torch.manual_seed(0)
+                model = build_network(network_spec(cfg)).to(memory_format=torch.channels_last)
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+                def step(model=model, opt=opt, amp=amp, n=n) -> float:
+                    torch.set_num_threads(n)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                        logits = model(x)
+                    loss = dice_bce_loss(logits.float(), y)
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    return loss.item()
+
+                key = f"{'bf16' if amp else 'fp32'}@{n}"
+                first[key] = step()  # on the initial weights
+                fns[key] = step
+        for _ in range(args.warmup - 1):
+            for fn in fns.values():
+                fn()
+        t = time_interleaved(fns, args.step_repeats, torch.device("cpu"))
+        print(f"   {arch}:")
+        for key in fns:
+            n = key.rsplit("@", 1)[1]
+            print(f"     {key:<10}{t[key] * 1e3:>9.0f} ms{batch / t[key]:>8.1f} img/s   x fp32@{n} "
+                  f"{t[f'fp32@{n}'] / t[key]:5.2f}   first loss rel. to fp32 "
+                  f"{_rel(first[key], first[f'fp32@{n}']):.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -295,14 +510,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--sections", nargs="+", choices=("masking", "step"), default=["masking", "step"])
+    parser.add_argument("--sections", nargs="+", choices=("masking", "step", "cpu", "finetune"), default=["masking", "step"])
     parser.add_argument("--size", nargs="+", default=None,
                         help="ViT sizes of section 2 (default: tiny small on CPU, base on CUDA)")
     parser.add_argument("--step-batch-size", type=int, default=None,
                         help="batch of section 2 (default: 16 on CPU, --batch-size on CUDA)")
     parser.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm (section 2)")
-    parser.add_argument("--step-repeats", type=int, default=5, help="timed steps per arm (section 2)")
+    parser.add_argument("--step-repeats", type=int, default=5, help="timed steps per arm (sections 2, 3)")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16", "segbf16", "contig", "fused"],
+                        help=f"section 3: '+'-joined tokens of {', '.join(CPU_TOKENS)} (fp32 is always run)")
+    parser.add_argument("--cpu-threads", nargs="+", type=int, default=None,
+                        help="section 3: thread counts, interleaved (default: the current count)")
+    parser.add_argument("--cpu-img-size", nargs="+", type=int, choices=sorted(CPU_CONFIGS), default=[128, 224],
+                        help="section 3: configurations (128: decoder 128 x 2; 224: decoder 512 x 8)")
+    parser.add_argument("--cpu-arms", nargs="+", choices=("mae", "vasomim"), default=["mae", "vasomim"],
+                        help="section 3: arms")
+    parser.add_argument("--ft-img-size", type=int, default=128, help="section 4: fine-tuning window")
+    parser.add_argument("--ft-batch-size", type=int, default=4, help="section 4: fine-tuning batch")
     args = parser.parse_args()
     on_cuda = args.device.startswith("cuda")
     args.size = args.size or (["base"] if on_cuda else ["tiny", "small"])
@@ -315,6 +540,10 @@ def main() -> None:
         bench_masking(args)
     if "step" in args.sections:
         bench_step(args)
+    if "cpu" in args.sections:
+        bench_cpu(args)
+    if "finetune" in args.sections:
+        bench_finetune_cpu(args)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,10 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
                    "epoch (Fig. 3a). Guided masking raises it as beta grows; random masking stays at the share of "
                    "vessel patches in the images (dashed).")
 
+    # the model figures read ViT MAEs; a CNN U-Net arm (model.arch: unet) has its Fig. 3a curve only
+    pre = {a: s for a, s in pre.items() if s.config.get("model", {}).get("arch", "vit") == "vit"}
+    if not pre:
+        return
     guided = next((a for a, s in pre.items() if s.config.get("masking", {}).get("beta_E", 0.5) > 0), None)
     ref_arm = guided or next(iter(pre))
     model, pcfg = _load_mae(pre[ref_arm], root)

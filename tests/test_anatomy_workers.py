@@ -57,13 +57,15 @@ def test_sigkilled_parent_leaves_no_worker_behind(tmp_path):
         while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
             workers = children(proc.pid)
-        assert len(workers) == 2, "the run did not start two worker processes"
+        time.sleep(0.5)
+        workers = children(proc.pid)  # the two workers, and multiprocessing's resource tracker
+        assert len(workers) >= 2, "the run did not start two worker processes"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20  # a worker still importing checks its parent once it is up
         while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [w for w in workers if alive(w)], "workers outlived their killed parent"
+        assert not [w for w in workers if alive(w)], "processes outlived their killed parent"
     finally:
         proc.kill()
         for w in workers:  # never leave an orphan behind, even when the test fails

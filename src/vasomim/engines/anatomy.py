@@ -200,7 +200,7 @@ def _die_with_parent(parent_pid: int, start_method: str) -> None:
         except (OSError, AttributeError):
             pass
     parent = os.getppid()
-    if start_method == "fork" and parent != parent_pid:  # died before the prctl took effect
+    if start_method in ("fork", "spawn") and parent != parent_pid:  # died before the prctl took effect
         os._exit(1)
 
     def watch() -> None:
@@ -321,7 +321,9 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
             workers = cfg.workers or (os.cpu_count() or 1)
             jobs = [(str(in_root), str(out_root), rel, mask_rel, params) for rel, mask_rel in todo]
             if workers > 1 and len(jobs) > 1:
-                context = multiprocessing.get_context()
+                # fresh processes, not forks: forking a process whose OpenCV (or BLAS) thread pool has
+                # run can leave a worker blocked on a lock held by a thread that no longer exists
+                context = multiprocessing.get_context("spawn")
                 pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                                            initializer=_worker_init,
                                            initargs=(os.getpid(), context.get_start_method()))

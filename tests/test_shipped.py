@@ -49,6 +49,7 @@ def test_ship_list_load_and_predict_by_name(trained, tmp_path, monkeypatch, caps
     md = (weights / "vasomim-cimat" / "MODEL_CARD.md").read_text()
     assert "## Training data" in md and "vasomim finetune ..." in md and "3-fold CV" in md
     assert not list(weights.glob(".*"))  # no temporary folder left
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in (weights / "vasomim-cimat").rglob("*"))  # world-readable
 
     capsys.readouterr()
     assert main(["models"]) == 0

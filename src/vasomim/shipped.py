@@ -166,6 +166,8 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
     full = {**dict(card), **info}
     (tmp / "card.json").write_text(json.dumps(full, indent=2) + "\n")
     (tmp / "MODEL_CARD.md").write_text(render_card(full))
+    for item in tmp.rglob("*"):  # package data: readable by every user of an installation
+        item.chmod(0o755 if item.is_dir() else 0o644)
     if final.exists():
         old = root / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)

@@ -155,3 +155,41 @@ def test_example_studies_are_valid(tmp_path):
             PretrainConfig.model_validate(values)
         for over in cfg.finetune_arms.values():
             FinetuneConfig.model_validate(deep_merge(deep_merge(cfg.finetune, over), {"data": "x"}))
+
+
+def test_a_study_split_across_sessions_with_only(data, tmp_path, capsys):
+    """``only`` runs part of the fine-tuning: stage keys ignore it, a stage with runs missing is
+    reported as partial, and the next run trains only what is missing and completes the stage."""
+    from vasomim.engines.study import StudyPart
+
+    cfg = tiny_study(data, arms={"scratch": {"init": "scratch"}, "unet": {"arch": "unet", "base_channels": 4,
+                                                                           "levels": 2}})
+    cfg = cfg.model_copy(update={"out": str(tmp_path / "s"), "sweeps": {}, "analyses": False, "frangi": False,
+                                 "pretrain_arms": {}})
+    root = Path(cfg.out)
+    first = cfg.model_copy(update={"only": StudyPart(arms=["scratch"], folds=[1])})
+    assert {s.key for s in build_stages(first)["finetune"].values()} == \
+        {s.key for s in build_stages(cfg)["finetune"].values()}
+    md = run_study(first).read_text()
+    err = capsys.readouterr().err
+    assert ran(err) == ["finetune/scratch@1"] and "partly done" in err
+    stage = build_stages(cfg)["finetune"][("scratch", 1.0)]
+    assert stage.outputs(root) is None  # not finished ...
+    part = stage.results(root)  # ... but its finished run is reported
+    assert part["partial"] and part["n_runs_planned"] == 2 and [r["fold"] for r in part["runs"]] == [1]
+    assert "1 of 2 runs (partial)" in md and "unet (CNN U-Net" not in md
+    fold1 = (stage.dir(root) / "seed0" / "fold1" / "last.pth").stat().st_mtime_ns
+
+    md = run_study(cfg).read_text()  # the whole study: the missing fold and the other arm
+    err = capsys.readouterr().err
+    assert sorted(ran(err)) == ["finetune/scratch@1", "finetune/unet@1"] and "partly done" not in err
+    assert (stage.dir(root) / "seed0" / "fold1" / "last.pth").stat().st_mtime_ns == fold1  # not retrained
+    assert [r["fold"] for r in stage.outputs(root)["runs"]] == [0, 1]
+    assert "(partial)" not in md and "unet (CNN U-Net" in md
+
+
+def test_cost_estimate_is_images_times_epochs_times_measured_seconds(data):
+    """The dry-run estimate of a fine-tune stage, worked by hand: 2 folds of 6 images (3 train each),
+    1 seed, 1 epoch at 64 px of a ViT-Tiny: 2 x 3 x 1 x 0.50 s x (64/256)^2 = 0.1875 s."""
+    stage = build_stages(tiny_study(data))["finetune"][("scratch", 1.0)]
+    assert stage.cost == pytest.approx(2 * 3 * 1 * 0.50 * (64 / 256) ** 2 / 60)

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -167,7 +167,7 @@ def format_results(summary: dict) -> str:
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
-             stop_after: int | None = None) -> dict | None:
+             stop_after: int | None = None, runs: Collection[tuple[int, int]] | None = None) -> dict | None:
     """Train every (seed, fold) run of ``cfg``, score the best checkpoints, write the reports.
 
     Parameters
@@ -183,6 +183,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
         Stop after this many epochs of training in this invocation, counted over all runs (for
         time-limited jobs), leaving ``last.pth``; continue later with ``resume=True``. Returns
         ``None`` when it stopped before every run was finished.
+    runs:
+        Only these ``(seed, fold)`` runs (a study split across sessions); ``None``: every run of
+        ``cfg.seeds`` x the folds (``cfg.only_folds``).
 
     Returns
     -------
@@ -205,6 +208,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
     for seed in cfg.seeds:
         for fold, (train_idx, val_idx) in enumerate(splits):
             if cfg.only_folds is not None and fold not in cfg.only_folds:
+                continue
+            if runs is not None and (seed, fold) not in runs:
                 continue
             train_idx = subsample(train_idx, cfg.label_fraction, [cfg.split_seed, fold])
             plan = RunPlan(seed, fold, [items[i] for i in train_idx], [held_out[i] for i in val_idx],

@@ -6,7 +6,9 @@ has a name, a plain-data config and the stages it depends on.  Its key is the ha
 downstream and nothing else.  A finished stage leaves ``<root>/<kind>/<name>-<key>/stage.json``
 holding its outputs (paths, numbers); a re-run finds it and does nothing.  A stage that crashed
 leaves no ``stage.json``: the next run starts it again (engines resume from their own last
-checkpoint inside the same folder).
+checkpoint inside the same folder).  A stage whose run returns ``{"partial": True, ...}`` (a study
+told to run only some of its fine-tuning runs this session) leaves ``partial.json`` instead: the
+report shows what it holds, and the next run continues it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ class Stage:
         """The outputs recorded by a finished run, or ``None``."""
         record = self.record(root)
         return None if record is None else record["outputs"]
+
+    def results(self, root: Path) -> dict | None:
+        """The outputs of a finished run, else those of a partial one (``partial: True``), else ``None``."""
+        done = self.outputs(root)
+        if done is not None:
+            return done
+        marker = self.dir(root) / "partial.json"
+        return json.loads(marker.read_text())["outputs"] if marker.is_file() else None
 
 
 def topological(stages: list[Stage]) -> list[Stage]:
@@ -131,10 +141,11 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         dep_out = {f"{dep.kind}/{dep.name}": report.outputs[f"{dep.kind}/{dep.name}"] for dep in s.deps}
         outputs = s.run(d, s.config, dep_out)
         dt = time.perf_counter() - t0
-        write_text_atomic(d / "stage.json", json.dumps({"kind": s.kind, "name": s.name, "key": s.key,
-                                                        "seconds": round(dt, 1), "outputs": outputs},
-                                                       indent=2, default=str))
-        say(f"{prefix}: done in {dt:.0f} s")
+        partial = bool(outputs.get("partial"))
+        write_text_atomic(d / ("partial.json" if partial else "stage.json"),
+                          json.dumps({"kind": s.kind, "name": s.name, "key": s.key, "seconds": round(dt, 1),
+                                      "outputs": outputs}, indent=2, default=str))
+        say(f"{prefix}: {'partly done' if partial else 'done'} in {dt:.0f} s")
         report.ran.append(ident)
         report.outputs[ident] = outputs
         report.seconds[ident] = dt

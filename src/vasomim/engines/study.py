@@ -63,6 +63,15 @@ def _default_finetune_arms() -> dict[str, dict]:
     }
 
 
+class StudyPart(StrictModel):
+    """The part of a study's fine-tuning to run now (``StudyConfig.only``); ``None``: all."""
+
+    arms: list[str] | None = None
+    fractions: list[float] | None = None
+    seeds: list[int] | None = None
+    folds: list[int] | None = None
+
+
 class StudyConfig(StrictModel):
     """A study file (``vasomim study STUDY.yaml``).  Sections hold overrides of the engines' configs.
 
@@ -98,6 +107,10 @@ class StudyConfig(StrictModel):
             to ``{fine-tune arm: x value}`` (x values may be text, e.g. "0→0.5" for Table 5).
         pretrain_launcher: run each pre-training arm through this launcher, e.g.
             ``torchrun --nproc_per_node=8 --no-python`` (the rest of the study stays in this process).
+        only: run part of the fine-tuning this time, to split a long study across sessions or
+            machines: ``{arms: [scratch, vasomim], fractions: [1.0], seeds: [0], folds: [0]}`` (each
+            key optional). Stage keys ignore it, so the runs done count towards the whole study; a
+            fine-tune stage with runs missing is reported as partial and continued by the next run.
     """
 
     name: str = "vasomim study"
@@ -120,6 +133,7 @@ class StudyConfig(StrictModel):
     analysis_images: int = Field(4, ge=1)
     sweeps: dict[str, dict[str, float | str]] = Field(default_factory=dict)
     pretrain_launcher: str | None = None
+    only: StudyPart | None = None
 
 
 def _say(line: str) -> None:
@@ -247,13 +261,28 @@ def _run_spt(d: Path, config: dict, deps: dict) -> dict:
     return {"checkpoint": summary["runs"][0]["checkpoint"], "val_dice_vs_pseudo_labels": summary["runs"][0]["best_val_dice"]}
 
 
-def _run_finetune(d: Path, config: dict, deps: dict) -> dict:
+def _run_finetune(d: Path, config: dict, deps: dict, only: StudyPart | None = None) -> dict:
+    """The (seed, fold) runs of one arm at one fraction; with ``only``, those it names plus any
+    started before (a partial stage: ``partial: True`` while runs are missing)."""
     values = dict(config)
     values["init"] = _resolve_init(values.get("init", "scratch"), deps)
     values["out"] = str(d)
-    summary = finetune(FinetuneConfig.model_validate(values), resume=any(d.glob("seed*/fold*/last.pth")))
-    return {"metrics": summary["metrics"], "runs": summary["runs"], "per_image": str(d / "per_image.csv"),
-            "wall_s": summary["wall_s"]}
+    cfg = FinetuneConfig.model_validate(values)
+    runs = None
+    if only is not None and (only.seeds is not None or only.folds is not None):
+        folds = [f for f in range(cfg.folds) if cfg.only_folds is None or f in cfg.only_folds]
+        every = {(s, f) for s in cfg.seeds for f in folds}
+        started = {(int(p.parent.parent.name[4:]), int(p.parent.name[4:])) for p in d.glob("seed*/fold*/last.pth")}
+        runs = {(s, f) for s, f in every
+                if (only.seeds is None or s in only.seeds) and (only.folds is None or f in only.folds)} | (started & every)
+        if runs == every:
+            runs = None
+    summary = finetune(cfg, resume=any(d.glob("seed*/fold*/last.pth")), runs=runs)
+    out = {"metrics": summary["metrics"], "runs": summary["runs"], "per_image": str(d / "per_image.csv"),
+           "wall_s": summary["wall_s"]}
+    if runs is not None:
+        out.update(partial=True, n_runs_planned=len(every))
+    return out
 
 
 def _run_frangi(d: Path, config: dict, deps: dict) -> dict:
@@ -271,16 +300,54 @@ def _pretrain_uses_segmentor(values: dict) -> bool:
     return float(cons.get("weight", 1.0)) > 0 or guidance in ("segmentor", "mix")
 
 
+#: CPU seconds per image and epoch at one thread on the reference 2-core machine (BENCHMARKS.md),
+#: at a reference size; other sizes scale with the pixel count, other ViT sizes with their FLOPs.
+_SECONDS_PER_IMAGE = {"finetune_vit": (0.50, 256), "finetune_unet": (0.23, 256),
+                      "pretrain_vit": (0.02, 128), "pretrain_unet": (0.02, 128), "segmentor": (0.012, 128)}
+_VIT_FLOPS = {"tiny": 1.0, "small": 3.5, "base": 13.5, "large": 47.0}
+
+
+def _cpu_minutes(kind: str, images: float, epochs: int, img_size: int, size: str = "tiny") -> float:
+    """A stage's cost for ``--dry-run``: images x epochs x the measured per-image time, in CPU-minutes."""
+    seconds, ref = _SECONDS_PER_IMAGE[kind]
+    scale = (img_size / ref) ** 2 * (_VIT_FLOPS.get(size, 13.5) if kind.endswith("vit") else 1.0)
+    return images * epochs * seconds * scale / 60.0
+
+
+def _finetune_minutes(v: dict, n_labelled: int) -> float:
+    folds = int(v.get("folds", 1))
+    train = n_labelled * ((folds - 1) / folds if folds > 1 else 1.0 - float(v.get("val_fraction", 0.2)))
+    if v.get("val_data") is not None:
+        train = n_labelled
+    runs = len(v.get("only_folds") or range(folds)) * len(v.get("seeds", [0]))
+    kind = "finetune_unet" if v.get("arch") == "unet" else "finetune_vit"
+    return runs * _cpu_minutes(kind, max(1.0, train * float(v.get("label_fraction", 1.0))), int(v.get("epochs", 100)),
+                               int(v.get("img_size", 224)), v.get("size", "base"))
+
+
+def _share(v: dict, only: StudyPart | None) -> float:
+    """The share of a fine-tune stage's runs that ``only`` selects (for the cost estimate)."""
+    if only is None:
+        return 1.0
+    seeds = v.get("seeds", [0])
+    folds = v.get("only_folds") or list(range(int(v.get("folds", 1))))
+    s = len([x for x in seeds if only.seeds is None or x in only.seeds]) / len(seeds)
+    return s * len([f for f in folds if only.folds is None or f in only.folds]) / len(folds)
+
+
 def build_stages(cfg: StudyConfig) -> dict[str, Any]:
     """The stage graph of a study: ``{"finetune": {(arm, fraction): Stage}, "pretrain": {...}, ...}``."""
-    corpus = Stage("corpus", "corpus", {"entries": _corpus_listing(cfg)}, _run_corpus, cost=0.0)
-    anatomy = Stage("anatomy", "anatomy", dict(cfg.anatomy), _run_anatomy, deps=[corpus], cost=0.05)
+    entries = _corpus_listing(cfg)
+    n_corpus, n_labelled = len(entries), len(labelled_items(cfg.labelled))
+    corpus = Stage("corpus", "corpus", {"entries": entries}, _run_corpus, cost=0.0)
+    anatomy = Stage("anatomy", "anatomy", dict(cfg.anatomy), _run_anatomy, deps=[corpus], cost=n_corpus * 0.02 / 60)
     seg_ckpt = cfg.segmentor.get("checkpoint")
     segmentor = None
     if not seg_ckpt:
         seg_values = {k: v for k, v in cfg.segmentor.items() if k != "checkpoint"}
         segmentor = Stage("segmentor", "segmentor", seg_values, _run_segmentor, deps=[anatomy],
-                          cost=0.02 * cfg.segmentor.get("epochs", 200))
+                          cost=_cpu_minutes("segmentor", n_corpus, cfg.segmentor.get("epochs", 200),
+                                            cfg.segmentor.get("img_size", 256)))
     pretrain: dict[str, Stage] = {}
     for arm, over in cfg.pretrain_arms.items():
         base = deep_merge(cfg.pretrain, {"synthetic": cfg.synthetic}) if cfg.synthetic else cfg.pretrain
@@ -294,7 +361,10 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
             else:
                 deps.append(segmentor)
         pretrain[arm] = Stage("pretrain", arm, values, partial(_run_pretrain, launcher=cfg.pretrain_launcher), deps=deps,
-                              cost=0.1 * values.get("epochs", 800))
+                              cost=_cpu_minutes("pretrain_unet" if values.get("model", {}).get("arch") == "unet"
+                                                else "pretrain_vit", n_corpus, values.get("epochs", 800),
+                                                values.get("data", {}).get("img_size", 224),
+                                                values.get("model", {}).get("size", "base")))
     for label, points in cfg.sweeps.items():
         unknown = sorted(set(points) - set(cfg.finetune_arms))
         if unknown:
@@ -315,13 +385,15 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
         elif init == "spt":
             if spt is None:
                 spt = Stage("spt", "spt", deep_merge(deep_merge(cfg.finetune, cfg.spt), {"init": "scratch"}),
-                            _run_spt, deps=[anatomy], cost=0.05 * cfg.finetune.get("epochs", 100))
+                            _run_spt, deps=[anatomy], cost=_finetune_minutes(
+                                {**cfg.finetune, **cfg.spt, "folds": 1, "val_fraction": 0.0,
+                                 "seeds": cfg.finetune.get("seeds", [0])[:1]}, n_corpus))
             deps.append(spt)
         for frac in cfg.label_fractions:
             v = deep_merge(values, {"label_fraction": float(frac)})
-            folds = v.get("folds", 1) * len(v.get("seeds", [0]))
-            finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v, _run_finetune, deps=deps,
-                                                 cost=0.05 * v.get("epochs", 100) * folds)
+            finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v,
+                                                 partial(_run_finetune, only=cfg.only), deps=deps,
+                                                 cost=_finetune_minutes(v, n_labelled) * _share(v, cfg.only))
     frangi: list[Stage] = []
     if cfg.frangi:
         # the paper's baseline row (its recipe), then the study's own anatomy recipe when it differs
@@ -338,7 +410,11 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, command: str | None = Non
     """Run every missing stage of the study, then write its report; returns ``report.md``."""
     root = Path(cfg.out)
     graph = build_stages(cfg)
-    wanted = list(graph["finetune"].values()) + list(graph["pretrain"].values())
+    only = cfg.only or StudyPart()
+    wanted = [s for (arm, frac), s in graph["finetune"].items()
+              if (only.arms is None or arm in only.arms) and (only.fractions is None or frac in only.fractions)]
+    if only.arms is None:  # else only the pre-training arms those fine-tunes start from
+        wanted += list(graph["pretrain"].values())
     wanted += graph["frangi"]
     t0 = time.perf_counter()
     report = run_stages(wanted, root, dry_run=dry_run, log=_say)

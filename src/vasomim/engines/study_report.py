@@ -54,13 +54,15 @@ def results_rows(graph: dict, root: Path, fraction: float = 1.0) -> list[dict]:
     for (arm, frac), stage in graph["finetune"].items():
         if frac != fraction:
             continue
-        out = stage.outputs(root)
+        out = stage.results(root)
         m = out["metrics"]
         n = len(out["runs"])
+        runs = f"{n} runs (folds x seeds)" if not out.get("partial") else \
+            f"{n} of {out['n_runs_planned']} runs (partial)"
         init = stage.config.get("init", "scratch")
         what = "CNN U-Net" if stage.config.get("arch") == "unet" else f"ViT-{stage.config.get('size', 'tiny')} U-Net"
         rows.append({"method": f"{arm} ({what}, init {init})", "DSC (%)": _fmt(m["dice"], n),
-                     "clDice (%)": _fmt(m["cldice"], n), "std over": f"{n} runs (folds x seeds)"})
+                     "clDice (%)": _fmt(m["cldice"], n), "std over": runs})
     return rows
 
 
@@ -72,7 +74,7 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
     error and the share of images where ``reference`` is better. Empty without a ``reference`` arm.
     """
     def scores(stage, metric):
-        with open(stage.outputs(root)["per_image"], newline="") as fh:
+        with open(stage.results(root)["per_image"], newline="") as fh:
             return per_image_means(csv.DictReader(fh), metric)
 
     rows = []
@@ -96,7 +98,7 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
 
 def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
     """(arm, id, image01, pred, gt, dice) for the held-out images of the first run of a fine-tune arm."""
-    out = stage.outputs(root)
+    out = stage.results(root)
     run = out["runs"][0]
     cfg = stage.config
     if cfg.get("val_data") is not None:  # a fixed held-out set
@@ -135,7 +137,7 @@ def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
 def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
     rows = []
     for (arm, frac), stage in graph["finetune"].items():
-        for run in stage.outputs(root)["runs"]:
+        for run in stage.results(root)["runs"]:
             if "dice" in run:
                 rows.append({"arm": arm, "x": frac, "seed": f"{run['seed']}-{run['fold']}", "dice": run["dice"],
                              "cldice": run["cldice"]})
@@ -149,7 +151,9 @@ def _sweeps(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
     for k, (label, points) in enumerate(cfg.sweeps.items()):
         rows = []
         for arm, x in points.items():
-            for run in graph["finetune"][(arm, frac)].outputs(root)["runs"]:
+            if (arm, frac) not in graph["finetune"]:
+                continue
+            for run in graph["finetune"][(arm, frac)].results(root)["runs"]:
                 if "dice" in run:
                     rows.append({"arm": label, "x": x, "seed": f"{run['seed']}-{run['fold']}",
                                  "dice": run["dice"], "cldice": run["cldice"]})
@@ -248,14 +252,16 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     fig_dir = rep_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     rep = Report(cfg.name, rep_dir)
+    # the fine-tune stages with results (a study run with `only` may have left some for later)
+    graph = {**graph, "finetune": {k: s for k, s in graph["finetune"].items() if s.results(root) is not None}}
 
     stage_times = run_report.recorded_seconds  # this study's stages, not older runs' folders
-    corpus = graph["corpus"].outputs(root)
+    n_corpus = len(graph["corpus"].config["entries"])
     ft = next(iter(graph["finetune"].values()), None)
     pre = next(iter(graph["pretrain"].values()), None)
     setup: dict[str, Any] = {
         "labelled data": str(cfg.labelled),
-        "pre-training corpus": f"{corpus['count']} images ({', '.join(cfg.unlabelled) or 'no extra folders'}"
+        "pre-training corpus": f"{n_corpus} images ({', '.join(cfg.unlabelled) or 'no extra folders'}"
                                f"{' + the labelled images without labels' if cfg.pretrain_on_labelled_images else ''})",
     }
     if pre is not None:

@@ -16,11 +16,21 @@ project's own commands produced (``vasomim ship``), and nothing is downloaded at
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
+
+import torch
+
+from vasomim import __version__
+from vasomim.models.checkpoints import load_checkpoint, model_from_checkpoint, read_state_dict
+from vasomim.models.export import encoder_pretrained_cfg, export_encoder, export_model_folder
+from vasomim.models.timm_names import TIMM_SIZES
+from vasomim.models.unet_mim import export_unet_encoder, unet_shipped_encoder
 
 __all__ = ["ShippedModel", "WEIGHTS_DIR", "find", "list_shipped", "resolve_init", "ship", "render_card"]
 
@@ -125,17 +135,6 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
     -------
     The folder written (a folder of the same name is replaced whole, never left half-written).
     """
-    import math
-    import shutil
-
-    import torch
-
-    from vasomim import __version__
-    from vasomim.models.checkpoints import load_checkpoint, model_from_checkpoint, read_state_dict
-    from vasomim.models.export import encoder_pretrained_cfg, export_encoder, export_model_folder
-    from vasomim.models.timm_names import TIMM_SIZES
-    from vasomim.models.unet_mim import export_unet_encoder, unet_shipped_encoder
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     root = Path(root) if root is not None else WEIGHTS_DIR

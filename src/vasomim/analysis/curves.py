@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vasomim.analysis.report import pyplot, save_figure, write_json
+from vasomim.metrics import summarize
 
 METRICS = ("dice", "cldice")
 METRIC_NAMES = {"dice": "DSC (%)", "cldice": "clDice (%)"}
@@ -77,8 +78,6 @@ def results_table(
         ``<metric>_mean``, ``<metric>_std`` (sample std over seeds, 0 for a single seed) for every
         metric, and ``n`` (number of seeds / runs).
     """
-    from vasomim.metrics import summarize
-
     runs: dict[tuple, dict[Any, list[Mapping[str, Any]]]] = {}
     for i, row in enumerate(rows):
         missing = [k for k in (*group_keys, *metrics) if row.get(k) is None]

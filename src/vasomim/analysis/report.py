@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vasomim.analysis.overlays import TP, overlay, side_by_side
 from vasomim.data.io import atomic_file, write_png_atomic, write_text_atomic
 
 FIGURE_DPI = 120
@@ -349,8 +350,6 @@ class Report:
             positives white, false positives orange and misses blue
             (:func:`vasomim.analysis.overlays.overlay`).
         """
-        from vasomim.analysis.overlays import TP, overlay, side_by_side
-
         by_arm: dict[str, list[tuple]] = {}
         for case in cases:
             by_arm.setdefault(str(case[0]), []).append(case)

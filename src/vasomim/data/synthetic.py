@@ -41,6 +41,9 @@ from typing import Iterable
 import numpy as np
 from scipy import ndimage
 
+from vasomim.data.io import write_png_atomic
+from vasomim.data.synthetic_scene import anatomy_log_transmission
+
 REFERENCE_SIZE = 256
 MIN_SIZE = 32
 
@@ -517,8 +520,6 @@ def synthesize(seed: int, size: int | None = None, config: SynthConfig | None = 
 
     image = _background(bg_rng, cfg, size)
     if cfg.anatomy:
-        from vasomim.data.synthetic_scene import anatomy_log_transmission
-
         image *= np.exp(cfg.anatomy_strength * anatomy_log_transmission(anat_rng, size))
     if cfg.collimator:
         transmission, collimated = _collimator(coll_rng, size)
@@ -579,8 +580,6 @@ def write_dataset(out_dir: str | Path, count: int, size: int | None = None, seed
         The paths of all ``count`` images, in order, whether written now or found already present.
     """
     from tqdm import tqdm
-
-    from vasomim.data.io import write_png_atomic
 
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")

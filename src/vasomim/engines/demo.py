@@ -16,6 +16,8 @@ from pathlib import Path
 from pydantic import Field
 
 from vasomim.config import StrictModel
+from vasomim.data.synthetic import write_dataset
+from vasomim.engines.study import StudyConfig, run_study
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ class DemoConfig(StrictModel):
 
 def demo_study(cfg: DemoConfig):
     """The :class:`~vasomim.engines.study.StudyConfig` of the demo (writes the synthetic data)."""
-    from vasomim.data.synthetic import write_dataset
-    from vasomim.engines.study import StudyConfig
 
     out = Path(cfg.out)
     if cfg.size % 32:
@@ -91,8 +91,6 @@ def demo_study(cfg: DemoConfig):
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo study and return the path of its ``report.md``."""
-    from vasomim.engines.study import run_study
-
     study = demo_study(cfg)
     command = "vasomim demo" + (f" --data {cfg.data}" if cfg.data else "") + (f" --out {cfg.out}" if cfg.out != "vasomim-demo" else "")
     return run_study(study, command=command)

@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_mask, write_text_atomic
 from vasomim.data.sources import Item, load_source, scan_files
+from vasomim.engines.predict import iter_predictions
 from vasomim.inference import resolve_device
 from vasomim.metrics import binarize, evaluate_pair, summarize
 from vasomim.models.checkpoints import model_from_checkpoint
@@ -138,8 +139,6 @@ def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, d
     threshold:
         Probability at or above which a pixel is vessel.
     """
-    from vasomim.engines.predict import iter_predictions
-
     result = EvalResult()
     for pred in iter_predictions(model, items, spec, batch_size, device, workers, with_masks=True,
                                  progress=progress, desc=desc, mode=mode, tta=tta):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from vasomim.analysis.overlays import overlay as draw_overlay
 from vasomim.data.dicom import dicom_frame_count, is_dicom_file, split_frame_id
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, looked_for, write_png_atomic
 from vasomim.data.sources import Item, scan_files
@@ -329,8 +330,6 @@ def predict_paths(
     -------
     :class:`PredictSummary`.
     """
-    from vasomim.analysis.overlays import overlay as draw_overlay
-
     if prob_bits not in (8, 16):
         raise ValueError(f"prob_bits must be 8 or 16, got {prob_bits}")
     items, failures = collect_inputs(inputs)

@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from vasomim.models.checkpoints import load_checkpoint, read_state_dict, strip_wrappers
 from vasomim.models.mae import patchify
 from vasomim.models.unet import UNet
 
@@ -289,9 +290,6 @@ def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
     """
     from safetensors.torch import save_file
 
-    from vasomim.inference import strip_wrappers
-    from vasomim.models.checkpoints import load_checkpoint, read_state_dict
-
     state, source = read_state_dict(checkpoint)
     state = strip_wrappers(state)
     enc = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
@@ -318,7 +316,4 @@ def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
 
 def unet_shipped_encoder(checkpoint: str | Path) -> bool:
     """Whether ``vasomim ship --kind encoder`` should take ``checkpoint``'s U-Net encoder."""
-    from vasomim.inference import strip_wrappers
-    from vasomim.models.checkpoints import read_state_dict
-
     return is_unet_state(strip_wrappers(read_state_dict(checkpoint)[0]))

@@ -6,7 +6,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vasomim.masking import guided_mask
-from vasomim.models.mae import encoder_state_dict, mae_vit, patchify, unpatchify
+from vasomim.models.mae import mae_encoder_weights, mae_vit, patchify, unpatchify
 from vasomim.models.vit import VIT_SIZES, sincos_pos_embed, vit_dims
 
 TINY = dict(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
@@ -117,9 +117,9 @@ def test_initialisation_follows_mae():
     assert 0.005 < model.cls_token.std() < 0.04 and 0.005 < model.mask_token.std() < 0.04
 
 
-def test_encoder_state_dict_loads_into_timm_vit():
+def test_mae_encoder_weights_load_into_timm_vit():
     model = mae_vit("tiny", img_size=64, in_chans=1, **TINY)
-    enc = encoder_state_dict(model)
+    enc = mae_encoder_weights(model)
     assert not any(k.startswith(("decoder", "mask_token")) for k in enc)
     vit = VisionTransformer(img_size=64, patch_size=16, in_chans=1, embed_dim=64, depth=2,
                             num_heads=4, num_classes=0)
@@ -137,5 +137,5 @@ def test_encoder_state_dict_loads_into_timm_vit():
 def test_encoder_names_match_timm_registry_model():
     model = mae_vit("base", img_size=224, in_chans=3, decoder_depth=1)
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
-    missing, unexpected = vit.load_state_dict(encoder_state_dict(model), strict=True)
+    missing, unexpected = vit.load_state_dict(mae_encoder_weights(model), strict=True)
     assert not missing and not unexpected

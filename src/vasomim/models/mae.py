@@ -1,7 +1,7 @@
 """Masked autoencoder with a ViT encoder (He et al. 2022), masking supplied from outside.
 
 The encoder's parameter names are timm's `VisionTransformer` names (`cls_token`, `pos_embed`,
-`patch_embed.proj`, `blocks.{i}.*`, `norm`), so `encoder_state_dict(model)` loads into
+`patch_embed.proj`, `blocks.{i}.*`, `norm`), so `mae_encoder_weights(model)` loads into
 `timm.create_model("vit_base_patch16_224", num_classes=0)` and into our segmentation network. The
 decoder uses the MAE names (`mask_token`, `decoder_embed`, `decoder_pos_embed`, `decoder_blocks`,
 `decoder_norm`, `decoder_pred`).
@@ -259,7 +259,7 @@ def mae_vit(
     )
 
 
-def encoder_state_dict(model: MaskedAutoencoderViT) -> OrderedDict[str, torch.Tensor]:
+def mae_encoder_weights(model: MaskedAutoencoderViT) -> OrderedDict[str, torch.Tensor]:
     """The encoder's weights only, under timm `VisionTransformer` names.
 
     Args:

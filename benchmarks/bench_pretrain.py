@@ -7,7 +7,7 @@ Sections:
    replacement for the guided picks, a random permutation of the rest, argsort and a gather) is
    timed beside it for context. What counts is the step time: masking is a small share of it.
 2. One pre-training step (forward, loss, backward, AdamW step) of the trainer's own code
-   (`vasomim.engines.pretrain.forward_losses`), three arms at the same gamma, model and batch,
+   (`vasomim.engines.pretrain.mask_and_forward`), three arms at the same gamma, model and batch,
    timed interleaved: MAE (beta 0, reconstruction loss only, as `mae_vit_b16.yaml`), guided
    (beta, reconstruction only) and VasoMIM (beta and the consistency loss through a UNeXt-S).
    VasoMIM's extra cost = t_VasoMIM / t_MAE - 1, split into masking (guided - MAE) and
@@ -166,7 +166,7 @@ def build_step(size: str, arm: str, args: argparse.Namespace, device: torch.devi
     """
     from vasomim.engines.common import param_groups_weight_decay
     from vasomim.engines.pretrain import (ConsistencyConfig, DataConfig, MaskingConfig, ModelConfig,
-                                          PretrainConfig, build_model, forward_losses)
+                                          PretrainConfig, build_model, mask_and_forward)
     from vasomim.models.unext import UNeXt, frozen_for_inference
 
     beta = 0.0 if arm == "mae" else args.beta
@@ -190,7 +190,7 @@ def build_step(size: str, arm: str, args: argparse.Namespace, device: torch.devi
 
     def step() -> None:
         with autocast:
-            out = forward_losses(model, segmentor, imgs, anatomy, cfg, beta, mask_gen)
+            out = mask_and_forward(model, segmentor, imgs, anatomy, cfg, beta, mask_gen)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -321,7 +321,7 @@ def build_cpu_step(arm: str, variant: str, img_size: int, threads: int, args: ar
     """
     from vasomim.engines.common import param_groups_weight_decay
     from vasomim.engines.pretrain import (ConsistencyConfig, DataConfig, MaskingConfig, ModelConfig,
-                                          PretrainConfig, build_model, forward_losses)
+                                          PretrainConfig, build_model, mask_and_forward)
     from vasomim.models.unext import UNeXt, frozen_for_inference
 
     tokens = set(variant.split("+"))
@@ -360,7 +360,7 @@ def build_cpu_step(arm: str, variant: str, img_size: int, threads: int, args: ar
 
     def forward_backward() -> dict[str, torch.Tensor]:
         with autocast:
-            out = forward_losses(run_model, run_segmentor, imgs, anatomy, cfg, beta, mask_gen)
+            out = mask_and_forward(run_model, run_segmentor, imgs, anatomy, cfg, beta, mask_gen)
         out["loss"].backward()
         return out
 

@@ -17,9 +17,9 @@ from vasomim.engines.pretrain import (
     PretrainConfig,
     build_model,
     draw_masks,
-    forward_losses,
     guidance_weights,
     load_frozen_segmentor,
+    mask_and_forward,
     pretrain,
 )
 
@@ -113,7 +113,7 @@ def test_segmentor_gets_no_gradient_while_the_mae_does(data, tmp_path):
         torch.manual_seed(0)
         model = build_model(cfg)
         run_cfg = cfg.model_copy(update={"consistency": cfg.consistency.model_copy(update={"weight": weight})})
-        out = forward_losses(model, segmentor, batch["image"], batch["anatomy"], run_cfg, 0.5,
+        out = mask_and_forward(model, segmentor, batch["image"], batch["anatomy"], run_cfg, 0.5,
                              torch.Generator().manual_seed(0))
         out["loss"].backward()
         return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}

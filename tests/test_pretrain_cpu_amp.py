@@ -9,7 +9,7 @@ import torch
 
 from vasomim.engines import pretrain as engine
 from vasomim.engines.pretrain import (ConsistencyConfig, DataConfig, MaskingConfig, ModelConfig, PretrainConfig,
-                                      build_model, forward_losses)
+                                      build_model, mask_and_forward)
 from vasomim.models.unext import UNeXt, frozen_for_inference
 
 
@@ -53,7 +53,7 @@ def test_bf16_cpu_step_matches_fp32_within_tolerance():
         torch.manual_seed(0)
         model = build_model(cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=engine.autocast_enabled(cfg, torch.device("cpu"))):
-            out = forward_losses(model, segmentor, imgs, anatomy, cfg, 0.5, torch.Generator().manual_seed(1))
+            out = mask_and_forward(model, segmentor, imgs, anatomy, cfg, 0.5, torch.Generator().manual_seed(1))
         out["loss"].backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results[cpu_amp] = (out, grad)

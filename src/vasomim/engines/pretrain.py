@@ -269,7 +269,7 @@ def draw_masks(
     return ids_keep[rows], ids_restore[rows], mask[rows]
 
 
-def forward_losses(
+def mask_and_forward(
     model: nn.Module,
     segmentor: nn.Module | None,
     imgs: torch.Tensor,
@@ -280,7 +280,7 @@ def forward_losses(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """One micro-batch: guidance weights, masks, MAE forward and the VasoMIM loss.
+    """One micro-batch: draw the masks (guidance weights, guided sampler), run the MAE, the VasoMIM loss.
 
     Args:
         model: the MAE (or its DDP wrapper).
@@ -473,7 +473,7 @@ def train_one_epoch(t: Trainer, cfg: PretrainConfig, epoch: int, step: int, dist
         sync = nullcontext() if update or not dist.distributed else t.ddp_model.no_sync()
         with sync:
             with t.autocast:
-                out = forward_losses(t.run_model, t.run_segmentor, imgs, anatomy, cfg, beta, mask_gen,
+                out = mask_and_forward(t.run_model, t.run_segmentor, imgs, anatomy, cfg, beta, mask_gen,
                                      dist.rank, dist.world_size)
             (out["loss"] / accum).backward()
         if update:

@@ -47,13 +47,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             if i == len(lines):
                 break
             raise ValueError(f"{path}:{i}: not a JSON line ({exc.msg})") from None
-        if isinstance(rec, dict):
-            records.append(rec)
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

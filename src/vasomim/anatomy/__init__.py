@@ -244,13 +244,13 @@ def anatomy_details(
     :class:`AnatomyResult`; a (B, 1, H, W) tensor gives a list of B (the vesselness runs on the
     tensor's device, the threshold and components on the CPU).
     """
-    rec = get_recipe(recipe)
+    settings = get_recipe(recipe)
     if not 0 <= alpha <= 100:
         raise ValueError(f"alpha must be a percentile in [0, 100], got {alpha}")
     if border < 0:
         raise ValueError(f"border must be >= 0, got {border}")
     if _is_tensor(image):
-        if rec.uint8_map:  # the original reads 8-bit images
+        if settings.uint8_map:  # the original reads 8-bit images
             image = image.round().clamp(0, 255)
         maps = vesselness(image, sigmas)[:, 0].detach().cpu().numpy()
         images = image[:, 0].detach().float().cpu().numpy()
@@ -258,12 +258,12 @@ def anatomy_details(
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"expected a 2-D image, got shape {image.shape}")
-        if rec.uint8_map:
+        if settings.uint8_map:
             image = np.clip(np.round(image), 0, 255)
         maps = vesselness(image, sigmas)[None]
         images = image[None]
     floors = _noise_floor(np.abs(images).reshape(len(images), -1).max(axis=1))
-    results = _postprocess(maps, images, rec, alpha, border, sigmas, floors)
+    results = _postprocess(maps, images, settings, alpha, border, sigmas, floors)
     return results if _is_tensor(image) else results[0]
 
 

@@ -119,11 +119,11 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict]:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 try:
-                    rec = json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(rec, dict) and "file" in rec:
-                    records[rec["file"]] = rec
+                if isinstance(record, dict) and "file" in record:
+                    records[record["file"]] = record
     return records
 
 
@@ -157,7 +157,7 @@ def _stat(path: Path) -> tuple[int, int]:
 
 def _record_ok(rel, mask_rel, res, shape, stat) -> dict:
     """The manifest line of a written mask: ``ok``, or ``suspect`` with the reason."""
-    rec = {
+    record = {
         "file": rel,
         "status": "suspect" if res.suspect else "ok",
         "mask": mask_rel,
@@ -171,8 +171,8 @@ def _record_ok(rel, mask_rel, res, shape, stat) -> dict:
         "mtime_ns": stat[1],
     }
     if res.suspect:
-        rec["reason"] = f"{rel}: {res.suspect}"
-    return rec
+        record["reason"] = f"{rel}: {res.suspect}"
+    return record
 
 
 def _record_failed(rel, reason, path: Path) -> dict:
@@ -294,19 +294,19 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
     summary = AnatomySummary(total=len(files))
     todo: list[tuple[str, str]] = []
     for rel in files:
-        rec = done.get(rel)
-        if rec and rec.get("status") in ("ok", "suspect") and rec.get("recipe", "paper") == cfg.recipe \
-                and (out_root / rec["mask"]).is_file():
+        record = done.get(rel)
+        if record and record.get("status") in ("ok", "suspect") and record.get("recipe", "paper") == cfg.recipe \
+                and (out_root / record["mask"]).is_file():
             summary.skipped += 1
             continue
-        if rec and rec.get("status") == "failed":
+        if record and record.get("status") == "failed":
             try:
-                unchanged = (rec.get("size"), rec.get("mtime_ns")) == _stat(in_root / rel)
+                unchanged = (record.get("size"), record.get("mtime_ns")) == _stat(in_root / rel)
             except OSError:
-                unchanged = rec.get("size") is None
+                unchanged = record.get("size") is None
             if unchanged:
                 summary.skipped += 1
-                summary.previous_failures.append((rel, rec.get("error", "failed")))
+                summary.previous_failures.append((rel, record.get("error", "failed")))
                 continue
         todo.append((rel, names[rel]))
 
@@ -332,17 +332,17 @@ def run_anatomy(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Anat
                 pool = None
                 records = map(process_one, jobs)
         try:
-            for rec in records:
-                log.write(json.dumps(rec) + "\n")
+            for record in records:
+                log.write(json.dumps(record) + "\n")
                 log.flush()
-                if rec["status"] in ("ok", "suspect"):
+                if record["status"] in ("ok", "suspect"):
                     summary.processed += 1
-                    if rec["status"] == "suspect":
-                        summary.suspect.append((rec["file"], rec["reason"]))
-                        bar.write(f"suspect: {rec['reason']}", file=sys.stderr)
+                    if record["status"] == "suspect":
+                        summary.suspect.append((record["file"], record["reason"]))
+                        bar.write(f"suspect: {record['reason']}", file=sys.stderr)
                 else:
-                    summary.failures.append((rec["file"], rec["error"]))
-                    bar.write(f"failed: {rec['error']}", file=sys.stderr)
+                    summary.failures.append((record["file"], record["error"]))
+                    bar.write(f"failed: {record['error']}", file=sys.stderr)
                 bar.update(1)
         finally:
             if pool is not None:

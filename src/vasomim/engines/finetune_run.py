@@ -299,31 +299,31 @@ def train_run(cfg: FinetuneConfig, plan: RunPlan, resume: bool, progress: bool,
             if progress:
                 logger.info(f"[finetune] seed {plan.seed} fold {plan.fold}: {note}")
         if run.start_epoch == 0 and val_items:
-            rec = validate(run.model, val_items, cfg, run.device, run.config["input"])
-            log.log({"epoch": 0, **rec})
-            run.last_val = rec["val_dice"]
+            record = validate(run.model, val_items, cfg, run.device, run.config["input"])
+            log.log({"epoch": 0, **record})
+            run.last_val = record["val_dice"]
         bar = tqdm(range(run.start_epoch, cfg.epochs), desc=f"seed {plan.seed} fold {plan.fold}", unit="epoch",
                    initial=run.start_epoch, total=cfg.epochs, disable=not progress, file=sys.stderr)
         for epoch in bar:
             t_epoch = time.perf_counter()
             loss, lr = train_one_epoch(run, cfg)
             done = epoch + 1
-            rec = {"epoch": done, "step": run.step, "lr": lr, "loss": loss,
+            record = {"epoch": done, "step": run.step, "lr": lr, "loss": loss,
                    "epoch_s": round(time.perf_counter() - t_epoch, 3)}
             if val_items and (done % cfg.val_every == 0 or done == cfg.epochs):
-                rec.update(validate(run.model, val_items, cfg, run.device, run.config["input"]))
-                run.last_val = rec["val_dice"]
-                if run.best is None or rec["val_dice"] > run.best:
-                    run.best, run.best_epoch = rec["val_dice"], done
-                    rec["best"] = True
+                record.update(validate(run.model, val_items, cfg, run.device, run.config["input"]))
+                run.last_val = record["val_dice"]
+                if run.best is None or record["val_dice"] > run.best:
+                    run.best, run.best_epoch = record["val_dice"], done
+                    record["best"] = True
                     atomic_torch_save(run.weights(done), best_path)
             if not val_items and done == cfg.epochs:  # nothing held out: the last epoch is the one kept
                 run.best_epoch = done
                 atomic_torch_save(run.weights(done), best_path)
-            log.log(rec)
-            write_scalars(writer, "finetune", rec, done)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}",
-                            **({"dice": f"{rec['val_dice']:.3f}"} if "val_dice" in rec else {}),
+            log.log(record)
+            write_scalars(writer, "finetune", record, done)
+            bar.set_postfix(loss=f"{record['loss']:.3f}",
+                            **({"dice": f"{record['val_dice']:.3f}"} if "val_dice" in record else {}),
                             **({"best": f"{run.best:.3f}"} if run.best is not None else {}))
             stopping = max_epochs is not None and done - run.start_epoch >= max_epochs
             if done % cfg.save_every == 0 or done == cfg.epochs or stopping:

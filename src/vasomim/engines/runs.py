@@ -84,8 +84,8 @@ def truncate_log(path: Path, epochs_done: int) -> None:
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            rec = json.loads(line)
-            if rec.get("from_epoch", rec.get("epoch", 0)) <= epochs_done:
+            record = json.loads(line)
+            if record.get("from_epoch", record.get("epoch", 0)) <= epochs_done:
                 kept.append(line)
         except json.JSONDecodeError:  # a line torn by the interruption
             continue

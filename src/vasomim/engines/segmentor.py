@@ -153,12 +153,12 @@ def train_segmentor(cfg: SegmentorConfig, resume: bool = False, progress: bool =
                 opt.step()
                 losses.append(loss.item())
                 step += 1
-            rec = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"], "loss": float(np.mean(losses))}
+            record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"], "loss": float(np.mean(losses))}
             if val_items and ((epoch + 1) % max(1, cfg.epochs // 10) == 0 or epoch + 1 == cfg.epochs):
-                rec["val_dice"] = evaluate_dice(model, val_dl, device)
-            log.log(rec)
-            write_scalars(writer, "segmentor", rec, epoch + 1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"val_dice": f"{rec['val_dice']:.3f}"} if "val_dice" in rec else {}))
+                record["val_dice"] = evaluate_dice(model, val_dl, device)
+            log.log(record)
+            write_scalars(writer, "segmentor", record, epoch + 1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", **({"val_dice": f"{record['val_dice']:.3f}"} if "val_dice" in record else {}))
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "step": step,
                  "config": config_to_dict(cfg), "rng": rng_state(), "loader_generator": g.get_state()},

@@ -45,22 +45,22 @@ class AnatomySource(Source):
                     if not line.strip():
                         continue
                     try:
-                        rec = json.loads(line)
-                        entries[str(rec["file"])] = rec
+                        record = json.loads(line)
+                        entries[str(record["file"])] = record
                     except (json.JSONDecodeError, KeyError, TypeError):
                         bad_lines.append(f"{manifest.name}:{lineno}")
         items, failed = [], []
         for file in sorted(entries):
-            rec = entries[file]
+            record = entries[file]
             # a suspect mask (too small, or along the collimator's edge) is still a mask: its image
             # stays in the corpus, and the manifest and the run summary have already said why
-            if rec.get("status") not in ("ok", "suspect") or not rec.get("mask"):
-                failed.append(str(rec.get("error") or file))
+            if record.get("status") not in ("ok", "suspect") or not record.get("mask"):
+                failed.append(str(record.get("error") or file))
                 continue
             base, frame = split_frame_id(file)
-            meta = {k: rec[k] for k in ("vessel_fraction", "threshold", "recipe", "fov_fraction") if k in rec}
+            meta = {k: record[k] for k in ("vessel_fraction", "threshold", "recipe", "fov_fraction") if k in record}
             items.append(
-                Item(file, str(self.images_dir / base), str(self.anatomy_dir / rec["mask"]), frame=frame, meta=meta)
+                Item(file, str(self.images_dir / base), str(self.anatomy_dir / record["mask"]), frame=frame, meta=meta)
             )
         problems = []
         if bad_lines:

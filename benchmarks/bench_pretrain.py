@@ -448,7 +448,7 @@ def bench_finetune_cpu(args: argparse.Namespace) -> None:
     ViT U-Net (ViT-Tiny) and the CNN U-Net; the bf16 variant runs the forward under
     torch.autocast("cpu", bfloat16) and the loss on float32 logits, as the engine does on CUDA.
     """
-    from vasomim.engines.finetune import FinetuneConfig, dice_bce_loss, network_spec
+    from vasomim.engines.finetune import FinetuneConfig, dice_bce_loss, network_config
     from vasomim.inference import build_network
 
     threads = args.cpu_threads or [torch.get_num_threads()]
@@ -464,7 +464,7 @@ def bench_finetune_cpu(args: argparse.Namespace) -> None:
         for n in threads:
             for amp in (False, True):
                 torch.manual_seed(0)
-                model = build_network(network_spec(cfg)).to(memory_format=torch.channels_last)
+                model = build_network(network_config(cfg)).to(memory_format=torch.channels_last)
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
                 def step(model=model, opt=opt, amp=amp, n=n) -> float:

@@ -11,8 +11,8 @@ import torch
 
 from vasomim.cli import main
 from vasomim.cli.export import heads_from_config
-from vasomim.engines.finetune import FinetuneConfig, build_network, network_spec
-from vasomim.inference import input_spec
+from vasomim.engines.finetune import FinetuneConfig, build_network, network_config
+from vasomim.inference import input_convention
 
 
 @pytest.fixture(autouse=True)
@@ -30,9 +30,9 @@ def offline(monkeypatch):
 def _segmentation_checkpoint(path, **net):
     cfg = FinetuneConfig(data="unused", img_size=64, decoder_channels=(32, 16, 16, 8, 8), **net)
     torch.manual_seed(0)
-    model = build_network(network_spec(cfg)).eval()
+    model = build_network(network_config(cfg)).eval()
     torch.save({"model": model.state_dict(), "epoch": 1, "best_metric": 0.5,
-                "config": {**cfg.model_dump(), "network": network_spec(cfg), "input": input_spec(64, 1)}}, path)
+                "config": {**cfg.model_dump(), "network": network_config(cfg), "input": input_convention(64, 1)}}, path)
     return model
 
 
@@ -98,7 +98,7 @@ def test_encoder_json_gives_timm_the_training_preprocessing(tmp_path, capsys):
     assert resolve_data_config(model=bare)["mean"] != (0.449,) * 3  # timm's own defaults
     model = timm.create_model(cfg["architecture"], pretrained_cfg_overlay=dict(cfg, file=str(out)), **kwargs)
     data = resolve_data_config(model=model)
-    gray = input_spec(64, 1)
+    gray = input_convention(64, 1)
     assert data["mean"] == pytest.approx(tuple(gray["mean"] * 3))
     assert data["std"] == pytest.approx(tuple(gray["std"] * 3))
     assert tuple(data["input_size"]) == (3, 64, 64) and data["crop_pct"] == 1.0
@@ -116,7 +116,7 @@ def test_model_folder_and_onnx_equal_the_checkpoint(tmp_path, capsys, arch):
     folder = tmp_path / "exp" / "model"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     loaded = vasomim.load_model(folder, device="cpu")
-    assert loaded.input_spec == input_spec(64, 1)
+    assert loaded.input_convention == input_convention(64, 1)
     x = torch.randn(2, 1, 64, 96)  # not the training square: the exports must follow the size
     with torch.no_grad():
         want = model(x)

@@ -21,7 +21,7 @@ from vasomim.engines.finetune import (
     format_results,
     initialize,
     kfold_splits,
-    network_spec,
+    network_config,
     subsample,
 )
 from vasomim.metrics import summarize
@@ -238,7 +238,7 @@ def test_init_from_an_mae_checkpoint_loads_the_encoder_only(tmp_path):
            "decoder_pred.weight": torch.zeros(768, 32)}
     torch.save({"model": mae}, tmp_path / "mae.pth")
     torch.manual_seed(0)
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     decoder_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     notes = initialize(model, str(tmp_path / "mae.pth"), "vit_unet")
     assert "encoder" in notes[0] and "pos_embed: grid 14x14 -> 4x4" in notes[0] and len(notes) == 1
@@ -272,7 +272,7 @@ def test_spt_pseudo_label_checkpoint_initialises_the_whole_network(data, tmp_pat
     trained = torch.load(best, weights_only=True)["model"]
 
     torch.manual_seed(123)
-    model = build_network(network_spec(spt))
+    model = build_network(network_config(spt))
     notes = initialize(model, str(best), "vit_unet")
     assert any("whole network" in n for n in notes)
     state = model.state_dict()
@@ -288,7 +288,7 @@ def test_spt_pseudo_label_checkpoint_initialises_the_whole_network(data, tmp_pat
     events = [r["event"] for r in _log(tmp_path / "ft" / "seed0" / "fold0") if "event" in r]
     assert any("whole network" in e for e in events)
     # another decoder width: the encoder loads, the decoder is named and left random
-    other = build_network(network_spec(spt.model_copy(update={"decoder_channels": (16, 16, 8, 8, 8)})))
+    other = build_network(network_config(spt.model_copy(update={"decoder_channels": (16, 16, 8, 8, 8)})))
     notes = initialize(other, str(best), "vit_unet")
     assert "decoder" in notes[1] and "not loaded" in notes[1]
 
@@ -300,7 +300,7 @@ def test_unet_arm_from_its_config_and_its_init_rule(data, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     model, config = model_from_checkpoint(tmp_path / "u" / "seed0" / "fold1" / "best.pth")
     assert config["network"]["arch"] == "unet" and config["network"]["base_channels"] == 4
-    vit = build_network(network_spec(FinetuneConfig(data="unused", **TINY)))
+    vit = build_network(network_config(FinetuneConfig(data="unused", **TINY)))
     torch.save({"model": vit.state_dict()}, tmp_path / "vit.pth")
     with pytest.raises(ValueError, match="vit.pth: not a U-Net checkpoint"):
         initialize(model, str(tmp_path / "vit.pth"), "unet")

@@ -11,8 +11,8 @@ from torch import nn
 import vasomim
 from vasomim.data.io import ImageReadError, write_png_atomic
 from vasomim.data.synthetic import synthesize
-from vasomim.engines.finetune import FinetuneConfig, build_network, network_spec
-from vasomim.inference import (MODEL_REGISTRY, as_gray, input_spec, predict_image, register_model,
+from vasomim.engines.finetune import FinetuneConfig, build_network, network_config
+from vasomim.inference import (MODEL_REGISTRY, as_gray, input_convention, predict_image, register_model,
                                sliding_window, window_starts)
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2, decoder_channels=(32, 16, 16, 8, 8), img_size=64)
@@ -80,18 +80,19 @@ def test_arrays_follow_the_reading_rule():
 def checkpoint(tmp_path_factory):
     cfg = FinetuneConfig(data="unused", **TINY)
     torch.manual_seed(0)
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     with torch.no_grad():
         model.head.bias.fill_(0.05)
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
     torch.save({"model": model.state_dict(),
-                "config": {"network": network_spec(cfg), "input": input_spec(64, 1, 64 / 90)}}, path)
+                "config": {"network": network_config(cfg), "input": input_convention(64, 1, 64 / 90)}}, path)
     return path
 
 
 def test_segment_keeps_size_and_tta_is_the_flip_average(tmp_path, checkpoint):
     model = vasomim.load_model(checkpoint, device="cpu")
-    assert not model.training and model.input_spec["scale"] == pytest.approx(64 / 90)
+    assert not model.training and model.input_convention["scale"] == pytest.approx(64 / 90)
+    assert model.input_spec is model.input_convention  # the old name still reads
     image = synthesize(3, size=90)[0][:, :70].astype(np.uint16) * 257  # 16-bit, 90 x 70
     prob, mask = vasomim.segment(model, image)
     assert prob.shape == mask.shape == (90, 70) and prob.dtype == np.float32 and mask.dtype == bool
@@ -113,10 +114,10 @@ def test_unknown_names_and_bad_files_are_one_line(tmp_path, checkpoint):
         vasomim.load_model(bad)
     register_model("tiny-test", lambda: checkpoint)
     try:
-        assert vasomim.load_model("tiny-test", device="cpu").input_spec["size"] == 64
+        assert vasomim.load_model("tiny-test", device="cpu").input_convention["size"] == 64
     finally:
         MODEL_REGISTRY.pop("tiny-test")
-    with pytest.raises(ValueError, match="input_spec"):
+    with pytest.raises(ValueError, match="input_convention"):
         vasomim.segment(nn.Conv2d(1, 1, 1), np.zeros((8, 8)))
 
 
@@ -129,5 +130,5 @@ def test_resize_mode_is_the_square_squash(checkpoint):
     x, _ = build_transform(TransformConfig(size=64, channels=1), train=False)(image)
     with torch.no_grad():
         want = resize_to(torch.sigmoid(model(x[None]))[0, 0].numpy(), image.shape)
-    got = predict_image(model, image, model.input_spec, mode="resize")
+    got = predict_image(model, image, model.input_convention, mode="resize")
     np.testing.assert_allclose(got, want, atol=1e-5)

@@ -16,8 +16,8 @@ import torch
 from vasomim.config import CONFIG_DIR
 from vasomim.data.io import write_png_atomic
 from vasomim.data.synthetic import synthesize
-from vasomim.engines.finetune import FinetuneConfig, build_network, network_spec
-from vasomim.inference import input_spec
+from vasomim.engines.finetune import FinetuneConfig, build_network, network_config
+from vasomim.inference import input_convention
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,11 +50,11 @@ def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     cfg = FinetuneConfig(data="unused", embed_dim=64, depth=2, num_heads=2,
                          decoder_channels=(32, 16, 16, 8, 8), img_size=64)
     torch.manual_seed(0)
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     ckpt = Path("runs/ft/seed0/fold0/best.pth")
     ckpt.parent.mkdir(parents=True)
     torch.save({"model": model.state_dict(),
-                "config": {"network": network_spec(cfg), "input": input_spec(64, 1, 0.5)}}, ckpt)
+                "config": {"network": network_config(cfg), "input": input_convention(64, 1, 0.5)}}, ckpt)
     write_png_atomic("frame.png", synthesize(1, size=96)[0][:, :80])
     exec(compile(block.group(1), "README.md", "exec"), {})
     printed = capsys.readouterr().out

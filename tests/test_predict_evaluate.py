@@ -15,9 +15,10 @@ from vasomim.data.io import read_image, read_mask, write_png_atomic
 from vasomim.data.synthetic import synthesize
 from vasomim.data.transforms import TransformConfig, build_transform
 from vasomim.engines.evaluate import evaluate_folders
-from vasomim.engines.finetune import FinetuneConfig, build_network, network_spec
+from vasomim.engines.finetune import FinetuneConfig, build_network, network_config
 from vasomim.models.checkpoints import model_from_checkpoint
-from vasomim.engines.predict import collect_inputs, input_spec
+from vasomim.engines.predict import collect_inputs
+from vasomim.inference import input_convention
 from vasomim.metrics import binarize, evaluate_pair, resize_to, summarize
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2, decoder_channels=(32, 16, 16, 8, 8), img_size=64)
@@ -28,12 +29,12 @@ def checkpoint(tmp_path_factory):
     """A tiny ViT U-Net checkpoint in the layout `vasomim finetune` writes (random weights)."""
     cfg = FinetuneConfig(data="unused", **TINY)
     torch.manual_seed(0)
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     with torch.no_grad():  # a bias that puts part of every image above 0.5
         model.head.bias.fill_(0.1)
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
     torch.save({"model": model.state_dict(), "epoch": 1, "best_metric": 0.5,
-                "config": {"network": network_spec(cfg), "input": input_spec(64, 1)}}, path)
+                "config": {"network": network_config(cfg), "input": input_convention(64, 1)}}, path)
     return path
 
 

@@ -62,7 +62,7 @@ def test_ship_list_load_and_predict_by_name(trained, tmp_path, monkeypatch, caps
     assert next(model.parameters()).dtype == torch.float32
     images = [read_image(p) for p in sorted((root / "data" / "images").glob("*.png"))[:2]]
     a = predict_images(ref, images, config["input"])
-    b = predict_images(model, images, model.input_spec)
+    b = predict_images(model, images, model.input_convention)
     assert max(np.abs(x - y).max() for x, y in zip(a, b)) < 5e-3
 
     # predict with no model argument uses the shipped vasomim-cimat
@@ -98,9 +98,9 @@ def test_finetune_init_from_a_shipped_encoder(trained, tmp_path, monkeypatch):
     assert (enc / "encoder.safetensors").is_file() and json.loads((enc / "encoder.json").read_text())["crop_pct"] == 1.0
     cfg = FinetuneConfig(data=str(root / "data"), out=str(tmp_path / "ft"), epochs=1, batch_size=4, folds=1,
                          init="vasomim-tiny", **TINY)
-    from vasomim.engines.finetune import build_network, initialize, network_spec
+    from vasomim.engines.finetune import build_network, initialize, network_config
 
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     notes = initialize(model, "vasomim-tiny", "vit_unet")
     assert "encoder.safetensors" in notes[0] and "tensors loaded" in notes[0]
     ref, _ = model_from_checkpoint(summary["runs"][0]["checkpoint"])

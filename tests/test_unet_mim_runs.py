@@ -19,7 +19,7 @@ from vasomim import shipped
 from vasomim.cli import main
 from vasomim.config import CONFIG_DIR, build_config
 from vasomim.engines import pretrain as engine
-from vasomim.engines.finetune import FinetuneConfig, build_network, initialize, network_spec
+from vasomim.engines.finetune import FinetuneConfig, build_network, initialize, network_config
 from vasomim.engines.pretrain import PretrainConfig, build_model, pretrain
 
 UNET_CPU = CONFIG_DIR / "pretrain" / "unet_cpu.yaml"
@@ -98,7 +98,7 @@ def test_finetune_from_the_pretraining_loads_the_encoder_and_the_decoder_when_as
         cfg = FinetuneConfig(data=data["labelled"], init=ckpt, **{k: yaml.safe_load(v) for k, v in
                                                                    (o.split("=") for o in [*FT_TINY, *extra])},
                              arch="unet")
-        model = build_network(network_spec(cfg))
+        model = build_network(network_config(cfg))
         return [r["event"] for r in log if "event" in r], (model, cfg)
 
     events, (model, cfg) = run("encoder")
@@ -119,7 +119,7 @@ def test_finetune_from_the_pretraining_loads_the_encoder_and_the_decoder_when_as
     assert all(torch.equal(own[k], v) for k, v in state.items() if k.startswith(("down.", "up.")))
 
     # a U-Net of another width: one line naming the checkpoint
-    other = build_network(network_spec(cfg.model_copy(update={"base_channels": 4})))
+    other = build_network(network_config(cfg.model_copy(update={"base_channels": 4})))
     with pytest.raises(ValueError, match=r"checkpoint-final.pth: its U-Net encoder does not fit this network") as err:
         initialize(other, ckpt, "unet")
     assert "\n" not in str(err.value)
@@ -150,7 +150,7 @@ def test_ship_the_unet_encoder_and_finetune_from_its_name(data, pretrained, tmp_
     assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
 
     cfg = FinetuneConfig(data=data["labelled"], arch="unet", base_channels=8, img_size=64, init="vasomim-unet")
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     notes = initialize(model, "vasomim-unet", "unet")
     assert "encoder.safetensors" in notes[0] and "tensors loaded" in notes[0]
     w = model.state_dict()["down.2.0.weight"]

@@ -5,7 +5,7 @@ Below the engines (``predict``, ``evaluate``, ``finetune`` import it; it imports
 * :func:`build_network` builds the network a ``config["network"]`` describes;
   :func:`load_model` takes a checkpoint or an exported model folder (through the one loader,
   :func:`vasomim.models.checkpoints.model_from_checkpoint`) or a shipped model name, and returns
-  the network in eval mode with its input convention attached (``model.input_spec``).
+  the network in eval mode with its input convention attached (``model.input_convention``).
 * :func:`sliding_window` is the numeric core, a pure function on tensors: pad a normalised batch to
   the network's window (or grid), cut overlapping windows, run them as batches, blend them with
   Gaussian (or uniform) weights and crop the padding off.
@@ -42,7 +42,7 @@ __all__ = [
     "as_gray",
     "build_network",
     "gaussian_weights",
-    "input_spec",
+    "input_convention",
     "load_model",
     "model_from_checkpoint",
     "network_grid",
@@ -75,7 +75,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 # ----------------------------------------------------------------------------- conventions
 
 
-def input_spec(img_size: int, in_chans: int, scale: float | None = None) -> dict:
+def input_convention(img_size: int, in_chans: int, scale: float | None = None) -> dict:
     """The network's input convention as plain data (stored in every segmentation checkpoint).
 
     Parameters
@@ -147,12 +147,16 @@ def as_gray(image: np.ndarray | str | os.PathLike, name: str = "<array>") -> np.
     return pil_to_gray_array(pil, name)
 
 
+#: The old name of :func:`input_convention` (engines/finetune_config.py still imports it).
+input_spec = input_convention
+
+
 # ----------------------------------------------------------------------------- models
 
 
-def build_network(spec: dict) -> nn.Module:
+def build_network(network: dict) -> nn.Module:
     """The segmentation network described by a checkpoint's ``config["network"]`` (random weights)."""
-    return build_segmentation_model(**spec)
+    return build_segmentation_model(**network)
 
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "auto") -> nn.Module:
@@ -169,8 +173,9 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "au
 
     Returns
     -------
-    The network; ``model.input_spec`` is its input convention (:func:`input_spec`: ``size``,
-    ``channels``, ``mean``, ``std``, ``scale``) and ``model.network_spec`` its architecture.
+    The network; ``model.input_convention`` is its input convention (:func:`input_convention`:
+    ``size``, ``channels``, ``mean``, ``std``, ``scale``) and ``model.network_config`` its
+    architecture (``config["network"]``).
     """
     path = Path(path_or_name)
     if path.is_dir() or path.is_file():
@@ -184,8 +189,9 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "au
         known = ", ".join(sorted(names)) or "none in this install"
         raise FileNotFoundError(f"{path_or_name}: no such checkpoint file or model folder, and no "
                                 f"shipped model of that name (shipped: {known})")
-    model.input_spec = dict(config["input"])
-    model.network_spec = dict(config["network"])
+    model.input_convention = dict(config["input"])
+    model.input_spec = model.input_convention  # the old name, which README still shows
+    model.network_config = dict(config["network"])
     return model.to(resolve_device(device))
 
 
@@ -279,7 +285,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def predict_images(
     model: nn.Module,
     images: Sequence[np.ndarray],
-    spec: dict,
+    convention: dict,
     *,
     mode: Literal["native", "resize"] = "native",
     tta: bool = False,
@@ -289,27 +295,27 @@ def predict_images(
 ) -> list[np.ndarray]:
     """Vessel probabilities ``(H, W)`` float32 in ``[0, 1]`` of gray ``[0, 1]`` images, in order.
 
-    ``mode="native"`` keeps the geometry: each image is resized by ``spec["scale"]`` (aspect kept;
-    ``img_size / sqrt(H * W)`` when the spec has none), normalised, run through
-    :func:`sliding_window` with the training window ``spec["size"]``, and the probabilities are
-    resized back (bilinear). ``mode="resize"`` squashes it to ``size x size`` (bicubic) as before.
+    ``mode="native"`` keeps the geometry: each image is resized by ``convention["scale"]`` (aspect
+    kept; ``img_size / sqrt(H * W)`` when the convention has none), normalised, run through
+    :func:`sliding_window` with the training window ``convention["size"]``, and the probabilities
+    are resized back (bilinear). ``mode="resize"`` squashes it to ``size x size`` (bicubic) as before.
     ``tta`` averages the probabilities with those of the horizontally flipped image. Images that
     come out at the same network size run as one batch.
     """
     if mode not in ("native", "resize"):
         raise ValueError(f"unknown inference mode {mode!r}; choose 'native' or 'resize'")
     model.eval()
-    size = int(spec["size"])
-    grid = grid or network_grid(getattr(model, "network_spec", {}))
+    size = int(convention["size"])
+    grid = grid or network_grid(getattr(model, "network_config", {}))
     device = _device_of(model)
     inputs = []
     for image in images:
         h, w = image.shape
-        scale = spec.get("scale") or size / math.sqrt(h * w)
+        scale = convention.get("scale") or size / math.sqrt(h * w)
         shape = (size, size) if mode == "resize" else (max(1, round(h * scale)),
                                                        max(1, round(w * scale)))
         scaled = image if shape == (h, w) else resize(image, None, shape)[0]
-        inputs.append(normalize(scaled, tuple(spec["mean"]), tuple(spec["std"])))
+        inputs.append(normalize(scaled, tuple(convention["mean"]), tuple(convention["std"])))
     groups: dict[tuple[int, int], list[int]] = {}
     for i, x in enumerate(inputs):
         groups.setdefault(tuple(x.shape[-2:]), []).append(i)
@@ -327,9 +333,9 @@ def predict_images(
     return out  # type: ignore[return-value]
 
 
-def predict_image(model: nn.Module, image: np.ndarray, spec: dict, **kwargs) -> np.ndarray:
+def predict_image(model: nn.Module, image: np.ndarray, convention: dict, **kwargs) -> np.ndarray:
     """One image through :func:`predict_images` (same keyword options)."""
-    return predict_images(model, [image], spec, **kwargs)[0]
+    return predict_images(model, [image], convention, **kwargs)[0]
 
 
 def segment(model: nn.Module, image: np.ndarray | str | os.PathLike, *, threshold: float = 0.5,
@@ -339,7 +345,7 @@ def segment(model: nn.Module, image: np.ndarray | str | os.PathLike, *, threshol
     Parameters
     ----------
     model:
-        A network carrying ``input_spec`` (what :func:`load_model` returns).
+        A network carrying ``input_convention`` (what :func:`load_model` returns).
     image:
         A 2-D array of any dtype (read by the project's rule, :func:`as_gray`) or an image path.
     threshold:
@@ -352,9 +358,9 @@ def segment(model: nn.Module, image: np.ndarray | str | os.PathLike, *, threshol
     ``(prob, mask)``: float32 probabilities in ``[0, 1]`` and a bool mask, both ``(H, W)`` of the
     image.
     """
-    spec = getattr(model, "input_spec", None)
-    if spec is None:
-        raise ValueError("model carries no input_spec; load it with vasomim.load_model")
+    convention = getattr(model, "input_convention", None)
+    if convention is None:
+        raise ValueError("model carries no input_convention; load it with vasomim.load_model")
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "<array>"
-    prob = predict_image(model, as_gray(image, name), spec, tta=tta)
+    prob = predict_image(model, as_gray(image, name), convention, tta=tta)
     return prob, prob >= threshold

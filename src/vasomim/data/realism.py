@@ -213,11 +213,11 @@ def radial_psd(image: np.ndarray, bins: int = PSD_BINS) -> tuple[np.ndarray, np.
     x = np.asarray(image, dtype=np.float64)
     h, w = x.shape
     window = np.outer(np.hanning(h), np.hanning(w))
-    spec = np.abs(np.fft.fft2((x - x.mean()) * window)) ** 2 / (window**2).sum()
+    power = np.abs(np.fft.fft2((x - x.mean()) * window)) ** 2 / (window**2).sum()
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
     radius = np.hypot(fy, fx)
     ring = np.minimum((radius / 0.5 * bins).astype(np.int64), bins)  # bins == beyond Nyquist
-    total = np.bincount(ring.ravel(), spec.ravel(), minlength=bins + 1)[:bins]
+    total = np.bincount(ring.ravel(), power.ravel(), minlength=bins + 1)[:bins]
     count = np.bincount(ring.ravel(), minlength=bins + 1)[:bins]
     freqs = (np.arange(bins) + 0.5) * 0.5 / bins
     return freqs, total / np.maximum(count, 1)

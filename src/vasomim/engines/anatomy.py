@@ -64,13 +64,13 @@ class AnatomyConfig(StrictModel):
         return v
 
 
-def parse_shard(spec: str) -> tuple[int, int]:
+def parse_shard(shard: str) -> tuple[int, int]:
     try:
-        i, n = (int(x) for x in spec.split("/"))
+        i, n = (int(x) for x in shard.split("/"))
     except ValueError:
-        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {spec!r}") from None
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {shard!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {spec!r}: need 0 <= i < n")
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
     return i, n
 
 

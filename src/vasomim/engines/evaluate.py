@@ -121,8 +121,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> 
     return result
 
 
-def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, device="cpu",
-                workers: int = 0, threshold: float = 0.5, progress: bool = False,
+def score_items(model, items: Sequence[Item], convention: dict, batch_size: int = 8,
+                device="cpu", workers: int = 0, threshold: float = 0.5, progress: bool = False,
                 desc: str = "evaluate", mode: str = "native", tta: bool = False) -> EvalResult:
     """Predict labelled items with ``model`` and score each at its original resolution.
 
@@ -132,15 +132,15 @@ def score_items(model, items: Sequence[Item], spec: dict, batch_size: int = 8, d
         Segmentation network (one logit per pixel).
     items:
         Items with masks.
-    spec:
-        The network's input convention, :func:`vasomim.inference.input_spec`.
+    convention:
+        The network's input convention, :func:`vasomim.inference.input_convention`.
     batch_size, device, workers, progress, desc, mode, tta:
         See :func:`vasomim.engines.predict.iter_predictions`.
     threshold:
         Probability at or above which a pixel is vessel.
     """
     result = EvalResult()
-    for pred in iter_predictions(model, items, spec, batch_size, device, workers, with_masks=True,
+    for pred in iter_predictions(model, items, convention, batch_size, device, workers, with_masks=True,
                                  progress=progress, desc=desc, mode=mode, tta=tta):
         if pred.error is not None:
             result.failures.append(pred.error)

@@ -29,6 +29,10 @@ from vasomim.metrics import summarize
 
 logger = logging.getLogger(__name__)
 
+#: The network part of a run's config (``config["network"]``). ``network_spec`` is its old name,
+#: which engines/finetune_config.py (where it is defined) and tests/test_geometry.py still use.
+network_config = network_spec
+
 # the engine's public names, wherever they are defined
 __all__ = [
     "AugmentConfig",
@@ -41,6 +45,7 @@ __all__ = [
     "initialize",
     "kfold_splits",
     "labelled_items",
+    "network_config",
     "network_spec",
     "subsample",
 ]

@@ -29,7 +29,9 @@ from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cosine_lr, r
                                     set_rng_state, tensorboard_writer, write_scalars)
 from vasomim.engines.evaluate import METRICS, score_items, summarize_rows
 from vasomim.engines.finetune_config import (CHECKPOINT_KIND, RESUMABLE_CHANGES, FinetuneConfig, checkpoint_config,
-                                             network_spec, transform_config)
+                                             transform_config)
+# finetune_config.py (edited elsewhere) still calls it by its old name, network_spec
+from vasomim.engines.finetune_config import network_spec as network_config
 from vasomim.inference import build_network, reference_scale, resolve_device
 from vasomim.losses import dice_bce_loss
 from vasomim.models.checkpoints import (load_encoder_weights, model_from_checkpoint, read_state_dict,
@@ -181,8 +183,8 @@ def check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
                     "schedule is stretched from here on")
 
 
-def validate(model, items, cfg, device, spec: dict) -> dict[str, float]:
-    res = score_items(model, items, spec, cfg.eval_batch_size, device, tta=cfg.tta)
+def validate(model, items, cfg, device, convention: dict) -> dict[str, float]:
+    res = score_items(model, items, convention, cfg.eval_batch_size, device, tta=cfg.tta)
     if res.failures:
         raise ValueError(f"validation images failed: {res.failures[0]}")
     m = summarize_rows(res.rows, ("dice", "cldice"))
@@ -224,7 +226,7 @@ def setup(cfg: FinetuneConfig, plan: RunPlan, resuming: bool) -> Run:
     """The network (initialised from ``cfg.init``, or resumed from ``last.pth``), optimizer and loader."""
     device = resolve_device(cfg.device)
     seed_everything(plan.seed)
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     notes = [] if resuming else initialize(model, cfg.init, cfg.arch, cfg.init_decoder)
     # channels-last convolutions: 11% (ViT U-Net) to 17% (CNN U-Net) faster steps on a 2-core CPU
     model.to(device, memory_format=torch.channels_last)

@@ -35,7 +35,7 @@ from vasomim.analysis.overlays import overlay as draw_overlay
 from vasomim.data.dicom import dicom_frame_count, is_dicom_file, split_frame_id
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, looked_for, write_png_atomic
 from vasomim.data.sources import Item, scan_files
-from vasomim.inference import input_spec, load_model, predict_images, resolve_device
+from vasomim.inference import load_model, predict_images, resolve_device
 from vasomim.metrics import binarize
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "Prediction",
     "PredictSummary",
     "collect_inputs",
-    "input_spec",
     "iter_predictions",
     "predict_paths",
     "resolve_device",
@@ -61,15 +60,16 @@ class InferenceDataset(Dataset):
     ----------
     items:
         The items to read.
-    spec:
-        Input convention, see :func:`~vasomim.inference.input_spec` (unused; kept for callers).
+    convention:
+        Input convention, see :func:`~vasomim.inference.input_convention` (unused; kept for
+        callers).
     with_masks:
         Also read each item's mask (for scoring).
     keep_images:
         Unused; the image is always returned (the network input is made from it).
     """
 
-    def __init__(self, items: Sequence[Item], spec: dict | None = None, with_masks: bool = False,
+    def __init__(self, items: Sequence[Item], convention: dict | None = None, with_masks: bool = False,
                  keep_images: bool = False) -> None:
         self.items = list(items)
         self.with_masks = with_masks
@@ -119,7 +119,7 @@ class Prediction:
 def iter_predictions(
     model: nn.Module,
     items: Sequence[Item],
-    spec: dict,
+    convention: dict,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     workers: int = 0,
@@ -141,8 +141,8 @@ def iter_predictions(
         The segmentation network (switched to eval mode here).
     items:
         Inputs.
-    spec:
-        Input convention of the network, see :func:`input_spec`.
+    convention:
+        Input convention of the network, see :func:`vasomim.inference.input_convention`.
     batch_size:
         Images read per step; their windows run ``4 * batch_size`` at a time.
     device:
@@ -163,14 +163,14 @@ def iter_predictions(
     from tqdm import tqdm
 
     model.eval().to(device)
-    dataset = InferenceDataset(items, spec, with_masks=with_masks)
+    dataset = InferenceDataset(items, convention, with_masks=with_masks)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_keep_list)
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, file=sys.stderr,
               leave=False) as bar:
         for samples in loader:
             good = [s for s in samples if "error" not in s]
-            probs = predict_images(model, [s["image"] for s in good], spec, mode=mode, tta=tta,
+            probs = predict_images(model, [s["image"] for s in good], convention, mode=mode, tta=tta,
                                    batch_size=4 * batch_size)
             by_index = {s["index"]: (s, p) for s, p in zip(good, probs)}
             for s in samples:
@@ -338,7 +338,7 @@ def predict_paths(
     summary = PredictSummary(failures=list(failures))
     out = Path(out)
     scale, dtype = (255.0, np.uint8) if prob_bits == 8 else (65535.0, np.uint16)
-    for pred in iter_predictions(model, items, model.input_spec, batch_size, dev, workers,
+    for pred in iter_predictions(model, items, model.input_convention, batch_size, dev, workers,
                                  keep_images=overlay, progress=progress, mode=mode, tta=tta):
         if pred.error is not None:
             summary.failures.append(pred.error)

@@ -130,19 +130,20 @@ def export_model_folder(model: nn.Module, config: Mapping, out_dir: str | Path,
     return out
 
 
-def export_onnx(model: nn.Module, spec: Mapping, out_path: str | Path, opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, convention: Mapping, out_path: str | Path, opset: int = 17) -> Path:
     """Write the segmentation network as ONNX: ``image (B, C, H, W)`` normalised -> ``logits (B, 1, H, W)``.
 
     Batch, height and width are dynamic; H and W must be multiples of the network's grid (16 for
-    the ViT U-Net), as for the torch model. Needs the ``onnx`` extra.
+    the ViT U-Net), as for the torch model; ``convention`` is the checkpoint's input convention
+    (``config["input"]``), whose size and channels shape the traced input. Needs the ``onnx`` extra.
     """
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().to("cpu")
-    size = int(spec["size"])
+    size = int(convention["size"])
     # traced at a size other than the training grid, so that the position-embedding resampling
     # (skipped by a Python branch at the training size) is part of the graph for every size
-    dummy = torch.zeros(1, int(spec["channels"]), size + 16, size + 32)
+    dummy = torch.zeros(1, int(convention["channels"]), size + 16, size + 32)
     axes = {0: "batch", 2: "height", 3: "width"}
     with torch.no_grad():
         torch.onnx.export(model, (dummy,), str(out), input_names=["image"],

@@ -1,41 +1,10 @@
 """Checkpoints: project conventions, loading a ViT encoder from any flavour, rebuilding whole networks.
 
-Conventions
------------
-Every checkpoint vasomim writes is a ``dict`` that ``torch.load(path, map_location="cpu",
-weights_only=True)`` reads back (tensors, plain Python containers and scalars only):
-
-``model``
-    the state dict (MAE convention);
-``config``
-    the run's configuration as plain data (dicts, lists, str, int, float, bool, None);
-``optimizer``, ``epoch``, ``step``, ``rng``, ``best_metric`` (optional)
-    what a resume or a model-selection step needs.
-
-The encoder of every vasomim model uses timm's ``VisionTransformer`` parameter names
-(``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*``): at the top
-level of a pre-training (MAE) state dict, under ``encoder.`` in a segmentation
-(:class:`~vasomim.models.segmentation.ViTUNet`) state dict.
-
-Loading
--------
-:func:`load_encoder_weights` fills a ViTUNet's encoder from
-
-(a) a vasomim pre-training checkpoint (``model`` = the MAE state dict, plus ``config``);
-(b) an original MAE / VasoMIM checkpoint (``model`` with encoder keys and ``decoder_*``,
-    ``mask_token`` that are dropped);
-(c) a timm ViT checkpoint: a plain state dict in ``.pth`` or ``.safetensors`` (``head.*``,
-    ``fc_norm.*`` dropped);
-(d) a vasomim segmentation checkpoint (``model`` with ``encoder.*`` keys; the decoder is dropped);
-(e) any of these saved from a DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) wrapper.
-
-Two adaptations make checkpoints fit the model:
-
-* position embeddings on another patch grid are resampled bicubically (``align_corners=False``,
-  no anti-aliasing, the MAE fine-tuning convention); the class-token embedding is kept as is;
-* a patch embedding for another number of input channels is converted so that a gray image gives
-  the same tokens either way: 3 -> 1 sums the weights over the channels (``W·[x, x, x] =
-  (ΣW)·x``), 1 -> 3 repeats them and divides by 3.
+Every checkpoint vasomim writes is a plain ``dict`` (``model``, ``config``, ...) that
+``torch.load(weights_only=True)`` reads; :func:`load_encoder_weights` fills a ViTUNet's encoder
+from vasomim, MAE/VasoMIM, timm and DDP/compile checkpoints. The conventions, the accepted
+flavours and the two adaptations (position-embedding grid, input channels) are in
+``docs/checkpoints.md``.
 """
 
 from __future__ import annotations

@@ -78,21 +78,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def input_convention(img_size: int, in_chans: int, scale: float | None = None) -> dict:
     """The network's input convention as plain data (stored in every segmentation checkpoint).
 
-    Parameters
-    ----------
-    img_size:
-        Training side of the network: the window of :func:`predict_image`, and the square side
-        of ``mode="resize"``.
-    in_chans:
-        1 (gray) or 3 (gray replicated); selects the normalisation statistics of
-        :class:`~vasomim.data.transforms.TransformConfig`.
-    scale:
-        Network pixels per image pixel at inference (:func:`reference_scale`); ``None``: each
-        image gets ``img_size / sqrt(H * W)`` (aspect kept, but the scale follows the image).
+    Args:
+        img_size: Training side of the network: the window of :func:`predict_image`, and the square
+            side of ``mode="resize"``.
+        in_chans: 1 (gray) or 3 (gray replicated); selects the normalisation statistics of
+            :class:`~vasomim.data.transforms.TransformConfig`.
+        scale: Network pixels per image pixel at inference (:func:`reference_scale`); ``None``: each
+            image gets ``img_size / sqrt(H * W)`` (aspect kept, but the scale follows the image).
 
-    Returns
-    -------
-    ``{"size", "channels", "mean", "std", "scale"}``.
+    Returns:
+        ``{"size", "channels", "mean", "std", "scale"}``.
     """
     mean, std = TransformConfig(size=img_size, channels=in_chans).stats()
     return {"size": int(img_size), "channels": int(in_chans), "mean": list(mean), "std": list(std),
@@ -162,20 +157,16 @@ def build_network(network: dict) -> nn.Module:
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "auto") -> nn.Module:
     """A trained segmentation network, in eval mode, carrying its input convention.
 
-    Parameters
-    ----------
-    path_or_name:
-        A checkpoint written by ``vasomim finetune`` (``best.pth``), a folder written by
-        ``vasomim export CKPT --to DIR`` (``DIR/model``), or a shipped model name
-        (:data:`MODEL_REGISTRY`).
-    device:
-        ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
+    Args:
+        path_or_name: A checkpoint written by ``vasomim finetune`` (``best.pth``), a folder written
+            by ``vasomim export CKPT --to DIR`` (``DIR/model``), or a shipped model name
+            (:data:`MODEL_REGISTRY`).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
 
-    Returns
-    -------
-    The network; ``model.input_convention`` is its input convention (:func:`input_convention`:
-    ``size``, ``channels``, ``mean``, ``std``, ``scale``) and ``model.network_config`` its
-    architecture (``config["network"]``).
+    Returns:
+        The network; ``model.input_convention`` is its input convention (:func:`input_convention`:
+        ``size``, ``channels``, ``mean``, ``std``, ``scale``) and ``model.network_config`` its
+        architecture (``config["network"]``).
     """
     path = Path(path_or_name)
     if path.is_dir() or path.is_file():
@@ -342,21 +333,16 @@ def segment(model: nn.Module, image: np.ndarray | str | os.PathLike, *, threshol
             tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Segment one angiogram with a model from :func:`load_model`.
 
-    Parameters
-    ----------
-    model:
-        A network carrying ``input_convention`` (what :func:`load_model` returns).
-    image:
-        A 2-D array of any dtype (read by the project's rule, :func:`as_gray`) or an image path.
-    threshold:
-        Probability at or above which a pixel is vessel.
-    tta:
-        Average with the horizontally flipped image.
+    Args:
+        model: A network carrying ``input_convention`` (what :func:`load_model` returns).
+        image: A 2-D array of any dtype (read by the project's rule, :func:`as_gray`) or an image
+            path.
+        threshold: Probability at or above which a pixel is vessel.
+        tta: Average with the horizontally flipped image.
 
-    Returns
-    -------
-    ``(prob, mask)``: float32 probabilities in ``[0, 1]`` and a bool mask, both ``(H, W)`` of the
-    image.
+    Returns:
+        ``(prob, mask)``: float32 probabilities in ``[0, 1]`` and a bool mask, both ``(H, W)`` of
+        the image.
     """
     convention = getattr(model, "input_convention", None)
     if convention is None:

@@ -199,16 +199,11 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float 
     The soft Dice ``(2 Σ p t + eps) / (Σ p + Σ t + eps)`` is computed per image, then averaged;
     ``eps = 1`` keeps an image without vessels from dominating.
 
-    Parameters
-    ----------
-    logits:
-        ``(B, 1, H, W)`` network output.
-    target:
-        ``(B, 1, H, W)`` 0/1 masks.
-    bce_weight, dice_weight:
-        Weights of the two terms.
-    eps:
-        Smoothing of the soft Dice.
+    Args:
+        logits: ``(B, 1, H, W)`` network output.
+        target: ``(B, 1, H, W)`` 0/1 masks.
+        bce_weight, dice_weight: Weights of the two terms.
+        eps: Smoothing of the soft Dice.
     """
     logits = logits.float()
     bce = F.binary_cross_entropy_with_logits(logits, target)

@@ -48,11 +48,9 @@ __all__ = [
 def as_mask(x: np.ndarray) -> np.ndarray:
     """Return ``x`` as a boolean mask: bool arrays as they are, anything else as ``x != 0``.
 
-    Parameters
-    ----------
-    x:
-        A binary mask: bool, 0/1 or 0/255 integers. Probabilities must go through
-        :func:`binarize` first (``0.3 != 0`` would count as vessel).
+    Args:
+        x: A binary mask: bool, 0/1 or 0/255 integers. Probabilities must go through
+            :func:`binarize` first (``0.3 != 0`` would count as vessel).
     """
     x = np.asarray(x)
     return x if x.dtype == bool else x != 0
@@ -71,14 +69,11 @@ def _pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice similarity coefficient ``2|P∩G| / (|P| + |G|)`` of two binary masks.
 
-    Parameters
-    ----------
-    pred, gt:
-        Binary masks of the same shape (see :func:`as_mask`).
+    Args:
+        pred, gt: Binary masks of the same shape (see :func:`as_mask`).
 
-    Returns
-    -------
-    float in [0, 1]; 1.0 when both masks are empty, 0.0 when exactly one is.
+    Returns:
+        float in [0, 1]; 1.0 when both masks are empty, 0.0 when exactly one is.
     """
     p, g = _pair(pred, gt)
     total = int(p.sum()) + int(g.sum())
@@ -96,14 +91,11 @@ def _skeleton(mask: np.ndarray) -> np.ndarray:
 def topology_scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
     """Topology precision, topology sensitivity and clDice of two binary masks.
 
-    Parameters
-    ----------
-    pred, gt:
-        2-D binary masks of the same shape (see :func:`as_mask`).
+    Args:
+        pred, gt: 2-D binary masks of the same shape (see :func:`as_mask`).
 
-    Returns
-    -------
-    ``(tprec, tsens, cldice)``, each in [0, 1]; empty-mask cases as in the module docstring.
+    Returns:
+        ``(tprec, tsens, cldice)``, each in [0, 1]; empty-mask cases as in the module docstring.
     """
     p, g = _pair(pred, gt)
     p_any, g_any = bool(p.any()), bool(g.any())
@@ -122,15 +114,12 @@ def topology_scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, flo
 def cldice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Centerline Dice (Shit et al. 2021): harmonic mean of topology precision and sensitivity.
 
-    Parameters
-    ----------
-    pred, gt:
-        2-D binary masks of the same shape (see :func:`as_mask`).
+    Args:
+        pred, gt: 2-D binary masks of the same shape (see :func:`as_mask`).
 
-    Returns
-    -------
-    float in [0, 1]; 1.0 when both masks are empty, 0.0 when exactly one is or when the two
-    centerlines miss each other entirely.
+    Returns:
+        float in [0, 1]; 1.0 when both masks are empty, 0.0 when exactly one is or when the two
+        centerlines miss each other entirely.
     """
     return topology_scores(pred, gt)[2]
 
@@ -138,10 +127,8 @@ def cldice(pred: np.ndarray, gt: np.ndarray) -> float:
 def evaluate_pair(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """All per-image scores of one prediction: ``dice``, ``cldice``, ``tprec`` and ``tsens``.
 
-    Parameters
-    ----------
-    pred, gt:
-        2-D binary masks of the same shape, at the original image resolution.
+    Args:
+        pred, gt: 2-D binary masks of the same shape, at the original image resolution.
     """
     tprec, tsens, cl = topology_scores(pred, gt)
     return {"dice": dice(pred, gt), "cldice": cl, "tprec": tprec, "tsens": tsens}
@@ -152,14 +139,12 @@ def evaluate_batch(
 ) -> list[dict[str, float]]:
     """:func:`evaluate_pair` over paired sequences of masks (images may differ in size).
 
-    Parameters
-    ----------
-    preds, gts:
-        Equally long sequences of binary masks; ``preds[i]`` is scored against ``gts[i]``.
+    Args:
+        preds, gts: Equally long sequences of binary masks; ``preds[i]`` is scored against
+            ``gts[i]``.
 
-    Returns
-    -------
-    One score dict per pair, in order.
+    Returns:
+        One score dict per pair, in order.
     """
     preds, gts = list(preds), list(gts)
     if len(preds) != len(gts):
@@ -170,14 +155,11 @@ def evaluate_batch(
 def summarize(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (``ddof=1``) of a list of scores.
 
-    Parameters
-    ----------
-    values:
-        Scores, e.g. one per seed or per fold. Must be non-empty and finite.
+    Args:
+        values: Scores, e.g. one per seed or per fold. Must be non-empty and finite.
 
-    Returns
-    -------
-    ``(mean, std)``; ``std`` is 0.0 for a single value.
+    Returns:
+        ``(mean, std)``; ``std`` is 0.0 for a single value.
     """
     arr = np.asarray(values, dtype=np.float64).ravel()
     if arr.size == 0:
@@ -197,12 +179,9 @@ def resize_to(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     integer input is treated as a mask or label map and resized with nearest neighbour at
     half-pixel centres (``mode="nearest-exact"`` in PyTorch); the result keeps the input dtype.
 
-    Parameters
-    ----------
-    x:
-        2-D array.
-    shape:
-        Target ``(H, W)``.
+    Args:
+        x: 2-D array.
+        shape: Target ``(H, W)``.
     """
     x = np.asarray(x)
     shape = tuple(int(s) for s in shape)
@@ -220,11 +199,8 @@ def resize_to(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def binarize(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Boolean mask ``prob >= threshold`` (0.5 on a sigmoid output is logit >= 0).
 
-    Parameters
-    ----------
-    prob:
-        Probability map.
-    threshold:
-        Decision threshold.
+    Args:
+        prob: Probability map.
+        threshold: Decision threshold.
     """
     return np.asarray(prob) >= threshold

@@ -116,24 +116,18 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
          root: str | os.PathLike | None = None) -> Path:
     """Write ``<root>/<name>/`` from a checkpoint: fp16 weights, ``card.json``, ``MODEL_CARD.md``.
 
-    Parameters
-    ----------
-    checkpoint:
-        ``segmentation``: a ``vasomim finetune`` checkpoint; ``encoder``: any checkpoint with a ViT
-        encoder (a ``vasomim pretrain`` checkpoint, a fine-tuned one), or with a U-Net's (``model.arch:
-        unet`` pre-training; its ``down`` blocks are shipped).
-    name:
-        The model's name (``vasomim-cimat``, ``vasomim-tiny``).
-    kind:
-        ``segmentation`` or ``encoder``.
-    card:
-        Card fields: ``summary``, ``data``, ``licence``, ``recipe``, ``commands``, ``scores``,
-        ``scores_protocol``. ``name``, ``kind``, ``architecture``, ``parameters``, ``dtype`` and
-        ``vasomim_version`` are filled in here.
+    Args:
+        checkpoint: ``segmentation``: a ``vasomim finetune`` checkpoint; ``encoder``: any checkpoint
+            with a ViT encoder (a ``vasomim pretrain`` checkpoint, a fine-tuned one), or with a
+            U-Net's (``model.arch: unet`` pre-training; its ``down`` blocks are shipped).
+        name: The model's name (``vasomim-cimat``, ``vasomim-tiny``).
+        kind: ``segmentation`` or ``encoder``.
+        card: Card fields: ``summary``, ``data``, ``licence``, ``recipe``, ``commands``, ``scores``,
+            ``scores_protocol``. ``name``, ``kind``, ``architecture``, ``parameters``, ``dtype`` and
+            ``vasomim_version`` are filled in here.
 
-    Returns
-    -------
-    The folder written (a folder of the same name is replaced whole, never left half-written).
+    Returns:
+        The folder written (a folder of the same name is replaced whole, never left half-written).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -49,17 +49,13 @@ def heads_from_config(config, embed_dim: int) -> int | None:
 def timm_one_liner(state: dict, path: str, in_chans: int, num_heads: int | None = None) -> str:
     """The ``timm.create_model`` call that loads an exported encoder state dict.
 
-    Parameters
-    ----------
-    state:
-        The exported tensors (timm names).
-    path:
-        Where they were written.
-    in_chans:
-        Input channels of the exported patch embedding.
-    num_heads:
-        Attention heads of the encoder (weights do not record them); ``None``: the timm size's
-        heads for a standard width, width / 64 otherwise (the head width of every timm ViT size).
+    Args:
+        state: The exported tensors (timm names).
+        path: Where they were written.
+        in_chans: Input channels of the exported patch embedding.
+        num_heads: Attention heads of the encoder (weights do not record them); ``None``: the timm
+            size's heads for a standard width, width / 64 otherwise (the head width of every timm
+            ViT size).
 
     The model name follows the width (``vit_tiny_patch16_224`` for 192, ...); a depth, width,
     head count or grid that differs from that name's default is passed explicitly.

@@ -29,20 +29,13 @@ DARK_LIMIT = 1 / 16
 class ItemCheck:
     """The outcome of reading one item.
 
-    Attributes
-    ----------
-    id:
-        The item id.
-    error:
-        ``"path: reason"`` when reading failed, else ``None``.
-    size:
-        ``"WxH"``, when the header could be read.
-    mode:
-        ``"<format> <mode>"`` such as ``"PNG L"`` or ``"DICOM MONOCHROME1 12-bit"``.
-    coverage:
-        Fraction of mask pixels that are vessel, or ``None`` without a mask.
-    max_intensity:
-        Brightest pixel of the image in ``[0, 1]``.
+    Attributes:
+        id: The item id.
+        error: ``"path: reason"`` when reading failed, else ``None``.
+        size: ``"WxH"``, when the header could be read.
+        mode: ``"<format> <mode>"`` such as ``"PNG L"`` or ``"DICOM MONOCHROME1 12-bit"``.
+        coverage: Fraction of mask pixels that are vessel, or ``None`` without a mask.
+        max_intensity: Brightest pixel of the image in ``[0, 1]``.
     """
 
     id: str
@@ -103,14 +96,10 @@ def check_item(item: Item) -> ItemCheck:
 class CheckReport:
     """Everything :func:`check_source` found.
 
-    Attributes
-    ----------
-    source:
-        One-line description of the source.
-    results:
-        One :class:`ItemCheck` per item, in source order.
-    problems:
-        Listing-time warnings of the source (unpaired files, missing files).
+    Attributes:
+        source: One-line description of the source.
+        results: One :class:`ItemCheck` per item, in source order.
+        problems: Listing-time warnings of the source (unpaired files, missing files).
     """
 
     source: str
@@ -153,10 +142,9 @@ class CheckReport:
     def format(self, max_listed: int = 20) -> str:
         """A human-readable report; every failure is listed.
 
-        Parameters
-        ----------
-        max_listed:
-            How many distinct sizes/modes and dark images to name before summarising the rest.
+        Args:
+            max_listed: How many distinct sizes/modes and dark images to name before summarising the
+                rest.
         """
         s = self.summary()
 
@@ -201,14 +189,11 @@ class CheckReport:
 def check_source(source: Source, workers: int | None = None, progress: bool = False) -> CheckReport:
     """Read every item of ``source`` and collect what is there and what fails.
 
-    Parameters
-    ----------
-    source:
-        Any :class:`~vasomim.data.sources.Source`.
-    workers:
-        Reader threads (decoding releases the GIL); ``None``: up to 8, bounded by the CPU count.
-    progress:
-        Show a tqdm progress bar on stderr.
+    Args:
+        source: Any :class:`~vasomim.data.sources.Source`.
+        workers: Reader threads (decoding releases the GIL); ``None``: up to 8, bounded by the CPU
+            count.
+        progress: Show a tqdm progress bar on stderr.
     """
     items = source.items
     workers = workers or min(8, os.cpu_count() or 1)

@@ -45,10 +45,9 @@ Transform = Callable[..., tuple]
 def sample_rng(index: int) -> np.random.Generator:
     """A numpy generator for sample ``index``, drawn from the current process's torch generator.
 
-    Parameters
-    ----------
-    index:
-        The sample index (mixed into the seed so that neighbouring samples never share a stream).
+    Args:
+        index: The sample index (mixed into the seed so that neighbouring samples never share a
+            stream).
     """
     seed = int(torch.randint(0, 2**62, (1,)).item())
     return np.random.default_rng([seed, index])
@@ -84,15 +83,11 @@ class _ItemDataset(Dataset):
 class SegmentationDataset(_ItemDataset):
     """Images with their vessel masks (when the items have them) for fine-tuning and evaluation.
 
-    Parameters
-    ----------
-    items:
-        Items of a source (or the source itself).
-    transform:
-        ``(image, mask | None, rng) -> (tensor, tensor | None)``, e.g.
-        :func:`~vasomim.data.transforms.build_transform`; ``None``: :func:`to_tensors`.
-    require_masks:
-        Refuse, at construction, items without a mask (supervised training).
+    Args:
+        items: Items of a source (or the source itself).
+        transform: ``(image, mask | None, rng) -> (tensor, tensor | None)``, e.g.
+            :func:`~vasomim.data.transforms.build_transform`; ``None``: :func:`to_tensors`.
+        require_masks: Refuse, at construction, items without a mask (supervised training).
     """
 
     def __init__(self, items: Sequence[Item], transform: Transform | None = None, require_masks: bool = False):
@@ -113,15 +108,14 @@ class SegmentationDataset(_ItemDataset):
 class PretrainDataset(_ItemDataset):
     """Images with their anatomy masks for VasoMIM pre-training.
 
-    Parameters
-    ----------
-    items:
-        Items whose mask is the anatomy mask (an :class:`~vasomim.data.sources.AnatomySource`).
-    transform:
-        As for :class:`SegmentationDataset`; the anatomy mask follows the image's crop and flip.
-    require_anatomy:
-        Refuse, at construction, items without an anatomy mask.  With ``False`` such items get an
-        all-zero mask, for which anatomy-guided masking falls back to random masking.
+    Args:
+        items: Items whose mask is the anatomy mask (an
+            :class:`~vasomim.data.sources.AnatomySource`).
+        transform: As for :class:`SegmentationDataset`; the anatomy mask follows the image's crop
+            and flip.
+        require_anatomy: Refuse, at construction, items without an anatomy mask.  With ``False``
+            such items get an all-zero mask, for which anatomy-guided masking falls back to random
+            masking.
     """
 
     def __init__(self, items: Sequence[Item], transform: Transform | None = None, require_anatomy: bool = True):

@@ -163,18 +163,14 @@ def _modality_range(ds: Any) -> tuple[float, float]:
 def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
     """Map modality values to ``[0, 1]`` with a DICOM window (PS3.3 C.11.2.1.2), by pydicom's windowing.
 
-    Parameters
-    ----------
-    values:
-        Modality values (after the modality LUT or rescale), any shape.
-    center, width:
-        Window Center and Window Width.  ``LINEAR`` needs ``width >= 1``, the others ``width > 0``.
-    function:
-        VOI LUT Function: ``LINEAR`` (default), ``LINEAR_EXACT`` or ``SIGMOID``.
+    Args:
+        values: Modality values (after the modality LUT or rescale), any shape.
+        center, width: Window Center and Window Width.  ``LINEAR`` needs ``width >= 1``, the others
+            ``width > 0``.
+        function: VOI LUT Function: ``LINEAR`` (default), ``LINEAR_EXACT`` or ``SIGMOID``.
 
-    Returns
-    -------
-    float32 array of the same shape in ``[0, 1]``.
+    Returns:
+        float32 array of the same shape in ``[0, 1]``.
     """
     from pydicom.dataset import Dataset
     from pydicom.pixels import apply_windowing
@@ -249,14 +245,11 @@ def _to_gray(ds: Any, arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 def read_dicom_frames(path: str | os.PathLike) -> list[np.ndarray]:
     """Read every frame of a DICOM file as 2-D float32 gray in ``[0, 1]`` (module rule).
 
-    Parameters
-    ----------
-    path:
-        A DICOM file, single- or multi-frame.
+    Args:
+        path: A DICOM file, single- or multi-frame.
 
-    Returns
-    -------
-    One ``(H, W)`` array per frame; frame ``k`` is addressed elsewhere as ``frame_id(path, k)``.
+    Returns:
+        One ``(H, W)`` array per frame; frame ``k`` is addressed elsewhere as ``frame_id(path, k)``.
     """
     ds, arr = _decode(path, None)
     return list(_to_gray(ds, arr, path))
@@ -265,13 +258,11 @@ def read_dicom_frames(path: str | os.PathLike) -> list[np.ndarray]:
 def read_dicom_frame(path: str | os.PathLike, frame: int | None = None) -> np.ndarray:
     """Read one frame of a DICOM file as 2-D float32 gray in ``[0, 1]``.
 
-    Parameters
-    ----------
-    path:
-        A DICOM file.
-    frame:
-        Frame index.  ``None`` is accepted only for a single-frame file: a cine has no "the image",
-        so a multi-frame file without an index is an error that says how to address a frame.
+    Args:
+        path: A DICOM file.
+        frame: Frame index.  ``None`` is accepted only for a single-frame file: a cine has no "the
+            image", so a multi-frame file without an index is an error that says how to address a
+            frame.
     """
     if frame is None:
         n = dicom_frame_count(path)

@@ -14,13 +14,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 class ImageReadError(ValueError):
     """A file that cannot be used as an image or mask. ``str(err)`` is one line: ``path: reason``.
 
-    Parameters
-    ----------
-    path:
-        The offending file (or item id such as ``run.dcm#f003``).
-    reason:
-        What is wrong, one line.  ``None`` means ``path`` is already the whole message: that is how
-        a DataLoader re-raises an error from a worker process (with the worker's traceback).
+    Args:
+        path: The offending file (or item id such as ``run.dcm#f003``).
+        reason: What is wrong, one line.  ``None`` means ``path`` is already the whole message: that
+            is how a DataLoader re-raises an error from a worker process (with the worker's
+            traceback).
     """
 
     def __init__(self, path: str | os.PathLike, reason: str | None = None):

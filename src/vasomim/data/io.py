@@ -107,17 +107,12 @@ def pil_to_gray_array(img: Image.Image, path: str | os.PathLike = "<image>") -> 
 class ImageInfo:
     """What a file's header says, read without decoding pixels.
 
-    Attributes
-    ----------
-    width, height:
-        Size in pixels.
-    mode:
-        Pillow's mode for raster files (``L``, ``RGBA``, ``I;16``, ``P``, ...), or
-        ``"<photometric> <bits>-bit"`` for DICOM (``MONOCHROME1 12-bit``).
-    frames:
-        Number of frames (1 for an ordinary image).
-    format:
-        File format as Pillow names it (``PNG``, ``JPEG``, ...) or ``DICOM``.
+    Attributes:
+        width, height: Size in pixels.
+        mode: Pillow's mode for raster files (``L``, ``RGBA``, ``I;16``, ``P``, ...), or
+            ``"<photometric> <bits>-bit"`` for DICOM (``MONOCHROME1 12-bit``).
+        frames: Number of frames (1 for an ordinary image).
+        format: File format as Pillow names it (``PNG``, ``JPEG``, ...) or ``DICOM``.
     """
 
     width: int
@@ -151,11 +146,9 @@ def image_info(path: str | os.PathLike) -> ImageInfo:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an angiogram as 2-D float32 gray in ``[0, 1]`` (see the module docstring for the rule).
 
-    Parameters
-    ----------
-    path:
-        An image file (png/jpg/bmp/tif, any Pillow mode), a DICOM file, or one frame of a
-        multi-frame file written ``path#f012``.
+    Args:
+        path: An image file (png/jpg/bmp/tif, any Pillow mode), a DICOM file, or one frame of a
+            multi-frame file written ``path#f012``.
     """
     base, frame = split_frame_id(path)
     if frame is not None and Path(path).exists():  # a file whose name really ends in "#f<digits>"
@@ -196,15 +189,14 @@ def read_mask(
 ) -> np.ndarray:
     """Read a binary vessel mask as a 2-D bool array.
 
-    Parameters
-    ----------
-    path:
-        A single-channel mask image (0/255, 0/1, >=128 or 1-bit; gray stored as RGB is accepted).
-    expected_shape:
-        ``(height, width)`` of the image the mask belongs to; a different size is an error.
-    labels:
-        Read the file as an integer label map and mark the pixels whose value is in ``labels``
-        (used for nnU-Net ``labelsTr``); ``None`` applies the binary conventions above.
+    Args:
+        path: A single-channel mask image (0/255, 0/1, >=128 or 1-bit; gray stored as RGB is
+            accepted).
+        expected_shape: ``(height, width)`` of the image the mask belongs to; a different size is an
+            error.
+        labels: Read the file as an integer label map and mark the pixels whose value is in
+            ``labels`` (used for nnU-Net ``labelsTr``); ``None`` applies the binary conventions
+            above.
     """
     with _open(path) as img:
         raw = _mask_values(img, path)

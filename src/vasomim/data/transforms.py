@@ -59,38 +59,25 @@ _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Im
 class TransformConfig(StrictModel):
     """Settings of the joint transform.
 
-    Attributes
-    ----------
-    size:
-        Output side in pixels (square output).
-    scale:
-        Range of the crop area as a fraction of the image area (RandomResizedCrop).
-    zoom:
-        Instead of ``scale``: crops at a fixed resolution.  The crop's side in image pixels is
-        ``size / (base_scale * z)`` with ``z`` log-uniform in ``zoom`` (so ``base_scale=1`` and
-        ``zoom=(1, 1)`` cut ``size x size`` windows at the image's native resolution); a crop
-        larger than the image pads it (reflected image, background mask).
-    base_scale:
-        Network pixels per image pixel for ``zoom`` crops (the inference scale).
-    ratio:
-        Range of the crop aspect ratio (width / height), sampled log-uniformly.
-    hflip:
-        Probability of a horizontal flip.
-    photometric:
-        Apply the photometric jitter below to the image (training only).
-    brightness:
-        Largest additive brightness shift (uniform in ``[-b, b]``).
-    contrast:
-        Largest relative contrast change: a factor uniform in ``[1 - c, 1 + c]`` around the mean.
-    gamma:
-        Range of the gamma exponent, sampled log-uniformly.
-    noise:
-        Largest standard deviation of additive Gaussian noise (uniform in ``[0, noise]``).
-    channels:
-        1 (gray) or 3 (gray replicated, for ImageNet-style models).
-    mean, std:
-        Normalisation per output channel.  Default: :data:`GRAY_MEAN`/:data:`GRAY_STD` for one
-        channel, :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD` for three.
+    Attributes:
+        size: Output side in pixels (square output).
+        scale: Range of the crop area as a fraction of the image area (RandomResizedCrop).
+        zoom: Instead of ``scale``: crops at a fixed resolution.  The crop's side in image pixels is
+            ``size / (base_scale * z)`` with ``z`` log-uniform in ``zoom`` (so ``base_scale=1`` and
+            ``zoom=(1, 1)`` cut ``size x size`` windows at the image's native resolution); a crop
+            larger than the image pads it (reflected image, background mask).
+        base_scale: Network pixels per image pixel for ``zoom`` crops (the inference scale).
+        ratio: Range of the crop aspect ratio (width / height), sampled log-uniformly.
+        hflip: Probability of a horizontal flip.
+        photometric: Apply the photometric jitter below to the image (training only).
+        brightness: Largest additive brightness shift (uniform in ``[-b, b]``).
+        contrast: Largest relative contrast change: a factor uniform in ``[1 - c, 1 + c]`` around
+            the mean.
+        gamma: Range of the gamma exponent, sampled log-uniformly.
+        noise: Largest standard deviation of additive Gaussian noise (uniform in ``[0, noise]``).
+        channels: 1 (gray) or 3 (gray replicated, for ImageNet-style models).
+        mean, std: Normalisation per output channel.  Default: :data:`GRAY_MEAN`/:data:`GRAY_STD`
+            for one channel, :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD` for three.
     """
 
     size: int = 224
@@ -231,20 +218,16 @@ def resized_crop(
 ) -> np.ndarray:
     """Crop ``box = (top, left, height, width)`` and resize it to ``out_size`` in one Pillow call.
 
-    Parameters
-    ----------
-    array:
-        2-D float32 (resampled as Pillow mode ``F``), or bool/uint8 (mode ``L``; use ``nearest``).
-    box:
-        The crop in source pixels.
-    out_size:
-        Output side, or ``(height, width)``.
-    interpolation:
-        ``nearest``, ``bilinear`` or ``bicubic`` (Pillow's filters, antialiased when shrinking).
+    Args:
+        array: 2-D float32 (resampled as Pillow mode ``F``), or bool/uint8 (mode ``L``; use
+            ``nearest``).
+        box: The crop in source pixels.
+        out_size: Output side, or ``(height, width)``.
+        interpolation: ``nearest``, ``bilinear`` or ``bicubic`` (Pillow's filters, antialiased when
+            shrinking).
 
-    Returns
-    -------
-    An array of the input dtype (float32, bool or uint8) and shape ``out_size``.
+    Returns:
+        An array of the input dtype (float32, bool or uint8) and shape ``out_size``.
     """
     top, left, height, width = box
     oh, ow = _size_hw(out_size)
@@ -269,20 +252,13 @@ def joint_random_resized_crop(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """RandomResizedCrop of an image and its mask with one shared box.
 
-    Parameters
-    ----------
-    image:
-        2-D float32 image.
-    mask:
-        2-D bool mask of the same shape, or ``None``.
-    out_size:
-        Output side, or ``(height, width)``.
-    scale, ratio:
-        See :func:`random_resized_crop_params`.
-    rng:
-        Source of randomness (``None``: a fresh unseeded generator).
-    interpolation:
-        Filter for the image; the mask always uses ``nearest``.
+    Args:
+        image: 2-D float32 image.
+        mask: 2-D bool mask of the same shape, or ``None``.
+        out_size: Output side, or ``(height, width)``.
+        scale, ratio: See :func:`random_resized_crop_params`.
+        rng: Source of randomness (``None``: a fresh unseeded generator).
+        interpolation: Filter for the image; the mask always uses ``nearest``.
     """
     rng = rng if rng is not None else np.random.default_rng()
     if mask is not None and mask.shape != image.shape:
@@ -325,20 +301,13 @@ def photometric_jitter(
 ) -> np.ndarray:
     """Random gamma, contrast, brightness and Gaussian noise on a ``[0, 1]`` image (result clipped).
 
-    Parameters
-    ----------
-    image:
-        2-D float32 in ``[0, 1]``.
-    rng:
-        Source of randomness.
-    brightness:
-        Additive shift uniform in ``[-brightness, brightness]``.
-    contrast:
-        Factor uniform in ``[1 - contrast, 1 + contrast]``, applied around the image mean.
-    gamma:
-        Exponent range, log-uniform.
-    noise:
-        Noise standard deviation uniform in ``[0, noise]``.
+    Args:
+        image: 2-D float32 in ``[0, 1]``.
+        rng: Source of randomness.
+        brightness: Additive shift uniform in ``[-brightness, brightness]``.
+        contrast: Factor uniform in ``[1 - contrast, 1 + contrast]``, applied around the image mean.
+        gamma: Exponent range, log-uniform.
+        noise: Noise standard deviation uniform in ``[0, noise]``.
     """
     g = math.exp(rng.uniform(math.log(gamma[0]), math.log(gamma[1])))
     c = rng.uniform(1 - contrast, 1 + contrast)
@@ -364,12 +333,9 @@ class JointTransform:
     Training: RandomResizedCrop, or a fixed-resolution crop with ``zoom`` (shared box) -> horizontal
     flip -> optional photometric jitter -> normalise.  Evaluation: resize to ``size x size`` -> normalise.
 
-    Parameters
-    ----------
-    cfg:
-        The settings.
-    train:
-        Random augmentation (``True``) or the deterministic evaluation path.
+    Args:
+        cfg: The settings.
+        train: Random augmentation (``True``) or the deterministic evaluation path.
     """
 
     def __init__(self, cfg: TransformConfig, train: bool):
@@ -382,18 +348,15 @@ class JointTransform:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Transform one sample.
 
-        Parameters
-        ----------
-        image:
-            2-D float32 in ``[0, 1]``.
-        mask:
-            2-D bool of the same shape, or ``None``.
-        rng:
-            Source of randomness (``None``: a fresh unseeded generator; the datasets always pass one).
+        Args:
+            image: 2-D float32 in ``[0, 1]``.
+            mask: 2-D bool of the same shape, or ``None``.
+            rng: Source of randomness (``None``: a fresh unseeded generator; the datasets always
+                pass one).
 
-        Returns
-        -------
-        ``(image FloatTensor (C, size, size), mask FloatTensor (1, size, size) of 0/1, or None)``.
+        Returns:
+            ``(image FloatTensor (C, size, size), mask FloatTensor (1, size, size) of 0/1, or
+            None)``.
         """
         cfg = self.cfg
         if self.train:

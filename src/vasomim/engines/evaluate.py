@@ -53,12 +53,10 @@ LABELS = {"dice": "DSC", "cldice": "clDice", "tprec": "Tprec", "tsens": "Tsens"}
 class EvalResult:
     """Per-image scores and the failures of one evaluation.
 
-    Attributes
-    ----------
-    rows:
-        One dict per scored image: ``image`` (relative name or item id) and the :data:`METRICS`.
-    failures:
-        One line per image that could not be scored, naming the file and the reason.
+    Attributes:
+        rows: One dict per scored image: ``image`` (relative name or item id) and the
+            :data:`METRICS`.
+        failures: One line per image that could not be scored, naming the file and the reason.
     """
 
     rows: list[dict] = field(default_factory=list)
@@ -76,18 +74,14 @@ def _stem_index(root: Path) -> dict[str, str]:
 def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> EvalResult:
     """Score every reference mask under ``gt_dir`` against its prediction under ``pred_dir``.
 
-    Parameters
-    ----------
-    pred_dir:
-        Folder of predicted binary masks (searched recursively; files that match no reference,
-        such as a ``manifest.jsonl``, are ignored).
-    gt_dir:
-        Folder of reference masks (searched recursively).
+    Args:
+        pred_dir: Folder of predicted binary masks (searched recursively; files that match no
+            reference, such as a ``manifest.jsonl``, are ignored).
+        gt_dir: Folder of reference masks (searched recursively).
 
-    Returns
-    -------
-    :class:`EvalResult`, rows in the order of the reference files. Masks are read with
-    :func:`vasomim.data.io.read_mask` (0/255 at ``>= 128``, 0/1, 1-bit).
+    Returns:
+        :class:`EvalResult`, rows in the order of the reference files. Masks are read with
+        :func:`vasomim.data.io.read_mask` (0/255 at ``>= 128``, 0/1, 1-bit).
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d in (pred_dir, gt_dir):
@@ -126,18 +120,13 @@ def score_items(model, items: Sequence[Item], convention: dict, batch_size: int 
                 desc: str = "evaluate", mode: str = "native", tta: bool = False) -> EvalResult:
     """Predict labelled items with ``model`` and score each at its original resolution.
 
-    Parameters
-    ----------
-    model:
-        Segmentation network (one logit per pixel).
-    items:
-        Items with masks.
-    convention:
-        The network's input convention, :func:`vasomim.inference.input_convention`.
-    batch_size, device, workers, progress, desc, mode, tta:
-        See :func:`vasomim.engines.predict.iter_predictions`.
-    threshold:
-        Probability at or above which a pixel is vessel.
+    Args:
+        model: Segmentation network (one logit per pixel).
+        items: Items with masks.
+        convention: The network's input convention, :func:`vasomim.inference.input_convention`.
+        batch_size, device, workers, progress, desc, mode, tta: See
+            :func:`vasomim.engines.predict.iter_predictions`.
+        threshold: Probability at or above which a pixel is vessel.
     """
     result = EvalResult()
     for pred in iter_predictions(model, items, convention, batch_size, device, workers, with_masks=True,
@@ -155,15 +144,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data, batch_size: int = 8
                         progress: bool = True, mode: str = "native", tta: bool = False) -> EvalResult:
     """Predict a labelled data source with a fine-tuned checkpoint and score every image.
 
-    Parameters
-    ----------
-    checkpoint:
-        ``best.pth`` / ``last.pth`` written by ``vasomim finetune``.
-    data:
-        A data folder or YAML spec (anything :func:`vasomim.data.sources.load_source` takes);
-        its items need masks.
-    batch_size, device, workers, threshold, progress, mode, tta:
-        See :func:`score_items`; ``device="auto"`` picks CUDA when available.
+    Args:
+        checkpoint: ``best.pth`` / ``last.pth`` written by ``vasomim finetune``.
+        data: A data folder or YAML spec (anything :func:`vasomim.data.sources.load_source` takes);
+            its items need masks.
+        batch_size, device, workers, threshold, progress, mode, tta: See :func:`score_items`;
+            ``device="auto"`` picks CUDA when available.
     """
     dev = resolve_device(device)
     model, config = model_from_checkpoint(checkpoint)
@@ -201,19 +187,14 @@ def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
 def write_report(result: EvalResult, out: str | os.PathLike, extra: dict | None = None) -> dict:
     """Write ``per_image.csv`` and ``summary.json`` into ``out``; return the summary.
 
-    Parameters
-    ----------
-    result:
-        What :func:`evaluate_folders` / :func:`evaluate_checkpoint` returned.
-    out:
-        Output folder (created).
-    extra:
-        More plain data for ``summary.json`` (e.g. which folders or checkpoint were scored).
+    Args:
+        result: What :func:`evaluate_folders` / :func:`evaluate_checkpoint` returned.
+        out: Output folder (created).
+        extra: More plain data for ``summary.json`` (e.g. which folders or checkpoint were scored).
 
-    Returns
-    -------
-    ``{"n_images", "n_failed", "failures", "metrics": {m: {"mean", "std"}}, ...extra}``; the
-    spread is over images. ``metrics`` is empty when no image was scored.
+    Returns:
+        ``{"n_images", "n_failed", "failures", "metrics": {m: {"mean", "std"}}, ...extra}``; the
+        spread is over images. ``metrics`` is empty when no image was scored.
     """
     out = Path(out)
     summary = {"n_images": len(result.rows), "n_failed": len(result.failures),
@@ -228,14 +209,10 @@ def write_report(result: EvalResult, out: str | os.PathLike, extra: dict | None 
 def format_table(metrics: dict[str, dict], title: str = "", n_label: str = "") -> str:
     """A plain-text table of ``{metric: {"mean", "std"}}`` in percent, ``mean ± std`` per row.
 
-    Parameters
-    ----------
-    metrics:
-        As in ``summary["metrics"]``.
-    title:
-        First line (omitted when empty).
-    n_label:
-        What the spread is over, e.g. ``"40 images"``, shown in the header.
+    Args:
+        metrics: As in ``summary["metrics"]``.
+        title: First line (omitted when empty).
+        n_label: What the spread is over, e.g. ``"40 images"``, shown in the header.
     """
     lines = [title] if title else []
     lines.append(f"{'metric':<8} {'mean ± std (%)':>16}" + (f"   over {n_label}" if n_label else ""))

@@ -58,22 +58,17 @@ def kfold_splits(n: int, folds: int, seed: int = 0,
                  val_fraction: float = 0.2) -> list[tuple[list[int], list[int]]]:
     """Deterministic train/validation index splits of ``n`` items.
 
-    Parameters
-    ----------
-    n:
-        Number of items.
-    folds:
-        ``k >= 2``: a seeded permutation cut into ``k`` near-equal parts; split ``i`` validates on
-        part ``i`` (every item is validated exactly once). ``1``: one split holding out
-        ``round(val_fraction * n)`` items (at least one when ``val_fraction > 0`` and ``n > 1``).
-    seed:
-        Seed of the permutation.
-    val_fraction:
-        Held-out share for ``folds == 1``.
+    Args:
+        n: Number of items.
+        folds: ``k >= 2``: a seeded permutation cut into ``k`` near-equal parts; split ``i``
+            validates on part ``i`` (every item is validated exactly once). ``1``: one split holding
+            out ``round(val_fraction * n)`` items (at least one when ``val_fraction > 0`` and ``n >
+            1``).
+        seed: Seed of the permutation.
+        val_fraction: Held-out share for ``folds == 1``.
 
-    Returns
-    -------
-    ``[(train_indices, val_indices), ...]``, each sorted.
+    Returns:
+        ``[(train_indices, val_indices), ...]``, each sorted.
     """
     if folds > 1 and n < folds:
         raise ValueError(f"{folds}-fold cross-validation needs at least {folds} labelled images, got {n}")
@@ -91,15 +86,11 @@ def kfold_splits(n: int, folds: int, seed: int = 0,
 def subsample(indices: Sequence[int], fraction: float, seed: int | Sequence[int]) -> list[int]:
     """Keep ``max(1, round(fraction * len))`` of ``indices``: a prefix of a seeded permutation.
 
-    Parameters
-    ----------
-    indices:
-        The training part of a split.
-    fraction:
-        Share kept (1.0 keeps all).
-    seed:
-        Seed (or seed sequence) of the permutation; a smaller fraction with the same seed keeps a
-        subset.
+    Args:
+        indices: The training part of a split.
+        fraction: Share kept (1.0 keeps all).
+        seed: Seed (or seed sequence) of the permutation; a smaller fraction with the same seed
+            keeps a subset.
     """
     if fraction >= 1.0:
         return list(indices)
@@ -175,27 +166,20 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
              stop_after: int | None = None, runs: Collection[tuple[int, int]] | None = None) -> dict | None:
     """Train every (seed, fold) run of ``cfg``, score the best checkpoints, write the reports.
 
-    Parameters
-    ----------
-    cfg:
-        The configuration.
-    resume:
-        Continue each run from its ``last.pth`` (finished runs are only re-scored); without it a
-        run folder that already holds a ``last.pth`` is an error.
-    progress:
-        Progress bars and notes on stderr.
-    stop_after:
-        Stop after this many epochs of training in this invocation, counted over all runs (for
-        time-limited jobs), leaving ``last.pth``; continue later with ``resume=True``. Returns
-        ``None`` when it stopped before every run was finished.
-    runs:
-        Only these ``(seed, fold)`` runs (a study split across sessions); ``None``: every run of
-        ``cfg.seeds`` x the folds (``cfg.only_folds``).
+    Args:
+        cfg: The configuration.
+        resume: Continue each run from its ``last.pth`` (finished runs are only re-scored); without
+            it a run folder that already holds a ``last.pth`` is an error.
+        progress: Progress bars and notes on stderr.
+        stop_after: Stop after this many epochs of training in this invocation, counted over all
+            runs (for time-limited jobs), leaving ``last.pth``; continue later with ``resume=True``.
+            Returns ``None`` when it stopped before every run was finished.
+        runs: Only these ``(seed, fold)`` runs (a study split across sessions); ``None``: every run
+            of ``cfg.seeds`` x the folds (``cfg.only_folds``).
 
-    Returns
-    -------
-    The summary (also in ``out/summary.json``): per run the held-out means, and ``metrics``
-    ``{"dice"|"cldice"|"tprec"|"tsens": {"mean", "std"}}`` over the runs.
+    Returns:
+        The summary (also in ``out/summary.json``): per run the held-out means, and ``metrics``
+        ``{"dice"|"cldice"|"tprec"|"tsens": {"mean", "std"}}`` over the runs.
     """
     out = Path(cfg.out)
     items = labelled_items(cfg.data)

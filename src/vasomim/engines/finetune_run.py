@@ -59,21 +59,15 @@ def initialize(model: nn.Module, init: str, arch: str, init_decoder: bool = Fals
       checkpoint or shipped U-Net encoder: its encoder, plus its decoder with ``init_decoder``
       (:func:`~vasomim.models.unet_mim.load_pretrained_unet`).
 
-    Parameters
-    ----------
-    model:
-        The freshly built network.
-    init:
-        ``"scratch"`` or a checkpoint path.
-    arch:
-        ``"vit_unet"`` or ``"unet"``.
-    init_decoder:
-        ``unet``: also load a pre-training checkpoint's decoder.
+    Args:
+        model: The freshly built network.
+        init: ``"scratch"`` or a checkpoint path.
+        arch: ``"vit_unet"`` or ``"unet"``.
+        init_decoder: ``unet``: also load a pre-training checkpoint's decoder.
 
-    Raises
-    ------
-    FileNotFoundError, ValueError:
-        one line naming the checkpoint, when it cannot be read or does not fit.
+    Raises:
+        FileNotFoundError, ValueError: one line naming the checkpoint, when it cannot be read or
+            does not fit.
     """
     if init == "scratch":
         return ["init: scratch (random weights)"]
@@ -111,28 +105,18 @@ def initialize(model: nn.Module, init: str, arch: str, init_decoder: bool = Fals
 class RunResult:
     """One (seed, fold) run.
 
-    Attributes
-    ----------
-    seed, fold:
-        Which run.
-    n_train, n_val:
-        Images trained on and held out.
-    best_epoch:
-        Epoch of ``best.pth`` (the last epoch when nothing is held out).
-    best_val_dice:
-        Its held-out DSC (``None`` without validation).
-    last_val_dice:
-        Held-out DSC of the final epoch (``None`` without validation).
-    checkpoint:
-        Path of the selected checkpoint: ``best.pth``, or ``last.pth`` with ``select: last``.
-    selected_epoch:
-        Its epoch.
-    rows:
-        Per-image scores of the selected checkpoint on the held-out images.
-    wall_s:
-        Training time of this invocation in seconds.
-    trained_epochs:
-        Epochs trained in this invocation.
+    Attributes:
+        seed, fold: Which run.
+        n_train, n_val: Images trained on and held out.
+        best_epoch: Epoch of ``best.pth`` (the last epoch when nothing is held out).
+        best_val_dice: Its held-out DSC (``None`` without validation).
+        last_val_dice: Held-out DSC of the final epoch (``None`` without validation).
+        checkpoint: Path of the selected checkpoint: ``best.pth``, or ``last.pth`` with ``select:
+            last``.
+        selected_epoch: Its epoch.
+        rows: Per-image scores of the selected checkpoint on the held-out images.
+        wall_s: Training time of this invocation in seconds.
+        trained_epochs: Epochs trained in this invocation.
     """
 
     seed: int

@@ -56,17 +56,12 @@ class InferenceDataset(Dataset):
     be read) or ``image`` (the gray ``[0, 1]`` float32 image) and ``mask`` (bool array at the
     original size, or ``None``). No randomness is used.
 
-    Parameters
-    ----------
-    items:
-        The items to read.
-    convention:
-        Input convention, see :func:`~vasomim.inference.input_convention` (unused; kept for
-        callers).
-    with_masks:
-        Also read each item's mask (for scoring).
-    keep_images:
-        Unused; the image is always returned (the network input is made from it).
+    Args:
+        items: The items to read.
+        convention: Input convention, see :func:`~vasomim.inference.input_convention` (unused; kept
+            for callers).
+        with_masks: Also read each item's mask (for scoring).
+        keep_images: Unused; the image is always returned (the network input is made from it).
     """
 
     def __init__(self, items: Sequence[Item], convention: dict | None = None, with_masks: bool = False,
@@ -95,18 +90,12 @@ def _keep_list(samples: list[dict]) -> list[dict]:
 class Prediction:
     """One image's result at its own resolution.
 
-    Attributes
-    ----------
-    item:
-        The input item.
-    prob:
-        Vessel probability ``(H, W)`` float, or ``None`` when the file failed.
-    mask:
-        The item's reference mask (when asked for), else ``None``.
-    image:
-        The original gray image (when asked for), else ``None``.
-    error:
-        One line saying why the file failed, else ``None``.
+    Attributes:
+        item: The input item.
+        prob: Vessel probability ``(H, W)`` float, or ``None`` when the file failed.
+        mask: The item's reference mask (when asked for), else ``None``.
+        image: The original gray image (when asked for), else ``None``.
+        error: One line saying why the file failed, else ``None``.
     """
 
     item: Item
@@ -135,30 +124,18 @@ def iter_predictions(
     Each batch of images goes through :func:`vasomim.inference.predict_images` (the images'
     windows run together), and each probability map comes back at its image's own size.
 
-    Parameters
-    ----------
-    model:
-        The segmentation network (switched to eval mode here).
-    items:
-        Inputs.
-    convention:
-        Input convention of the network, see :func:`vasomim.inference.input_convention`.
-    batch_size:
-        Images read per step; their windows run ``4 * batch_size`` at a time.
-    device:
-        Where to run the network (the model is moved there).
-    workers:
-        DataLoader worker processes that read the images.
-    with_masks:
-        Read every item's mask too (a missing or unreadable mask makes the item fail).
-    keep_images:
-        Return the original gray images (for overlays).
-    progress:
-        Show a tqdm bar on stderr.
-    desc:
-        Label of the progress bar.
-    mode, tta:
-        See :func:`vasomim.inference.predict_images`.
+    Args:
+        model: The segmentation network (switched to eval mode here).
+        items: Inputs.
+        convention: Input convention of the network, see :func:`vasomim.inference.input_convention`.
+        batch_size: Images read per step; their windows run ``4 * batch_size`` at a time.
+        device: Where to run the network (the model is moved there).
+        workers: DataLoader worker processes that read the images.
+        with_masks: Read every item's mask too (a missing or unreadable mask makes the item fail).
+        keep_images: Return the original gray images (for overlays).
+        progress: Show a tqdm bar on stderr.
+        desc: Label of the progress bar.
+        mode, tta: See :func:`vasomim.inference.predict_images`.
     """
     from tqdm import tqdm
 
@@ -219,16 +196,13 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[Item], list
     or suffix-less with a DICM preamble); other files in them are ignored. A file named on the
     command line is always tried (and fails later, named, if it is no image).
 
-    Parameters
-    ----------
-    paths:
-        Files and folders.
+    Args:
+        paths: Files and folders.
 
-    Returns
-    -------
-    ``(items, failures)``: each item's ``id`` is its output name relative to the output folder
-    (``.png`` suffix; the input folder's name is prepended when several folders are given); a
-    failure is one line naming a path that does not exist or a DICOM whose header is unreadable.
+    Returns:
+        ``(items, failures)``: each item's ``id`` is its output name relative to the output folder
+        (``.png`` suffix; the input folder's name is prepended when several folders are given); a
+        failure is one line naming a path that does not exist or a DICOM whose header is unreadable.
     """
     failures: list[str] = []
     named: list[tuple[str, Item]] = []
@@ -263,12 +237,9 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[Item], list
 class PredictSummary:
     """What :func:`predict_paths` did.
 
-    Attributes
-    ----------
-    written:
-        Output names (relative to ``OUT/masks``) of the masks written.
-    failures:
-        One line per input that failed (file named, reason given).
+    Attributes:
+        written: Output names (relative to ``OUT/masks``) of the masks written.
+        failures: One line per input that failed (file named, reason given).
     """
 
     written: list[str] = field(default_factory=list)
@@ -297,38 +268,25 @@ def predict_paths(
     16-bit ``round(65535 p)``) and ``OUT/overlay/<name>.png`` (the mask in orange on the image).
     Files are written atomically.
 
-    Parameters
-    ----------
-    checkpoint:
-        A segmentation checkpoint written by ``vasomim finetune`` (``best.pth``/``last.pth``), an
-        exported model folder, or a shipped model's name (``vasomim-cimat``).
-    inputs:
-        Image files, folders (searched recursively) and DICOM files.
-    out:
-        Output folder.
-    threshold:
-        Probability at or above which a pixel is vessel.
-    prob:
-        Also write probability maps.
-    prob_bits:
-        8 or 16: bit depth of the probability PNGs.
-    overlay:
-        Also write overlay pictures.
-    batch_size:
-        Images per forward pass.
-    device:
-        ``auto``, ``cpu``, ``cuda``, ...
-    workers:
-        DataLoader worker processes for reading.
-    progress:
-        Show a progress bar.
-    mode, tta:
-        ``native`` (geometry kept) or ``resize`` (square squash), and flip averaging; see
-        :func:`vasomim.inference.predict_images`.
+    Args:
+        checkpoint: A segmentation checkpoint written by ``vasomim finetune``
+            (``best.pth``/``last.pth``), an exported model folder, or a shipped model's name
+            (``vasomim-cimat``).
+        inputs: Image files, folders (searched recursively) and DICOM files.
+        out: Output folder.
+        threshold: Probability at or above which a pixel is vessel.
+        prob: Also write probability maps.
+        prob_bits: 8 or 16: bit depth of the probability PNGs.
+        overlay: Also write overlay pictures.
+        batch_size: Images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        workers: DataLoader worker processes for reading.
+        progress: Show a progress bar.
+        mode, tta: ``native`` (geometry kept) or ``resize`` (square squash), and flip averaging; see
+            :func:`vasomim.inference.predict_images`.
 
-    Returns
-    -------
-    :class:`PredictSummary`.
+    Returns:
+        :class:`PredictSummary`.
     """
     if prob_bits not in (8, 16):
         raise ValueError(f"prob_bits must be 8 or 16, got {prob_bits}")

@@ -58,18 +58,12 @@ ENCODER_PREFIX = "encoder."
 class LoadReport:
     """What :func:`load_encoder_weights` did, key by key.
 
-    Attributes
-    ----------
-    source:
-        The file (or ``"<state dict>"``) the weights came from.
-    loaded:
-        Encoder keys copied into the model.
-    missing:
-        Encoder keys of the model that the checkpoint lacks (left at their current values).
-    unexpected:
-        Checkpoint keys not loaded (decoder, head, keys the model does not have).
-    adapted:
-        One line per converted tensor (position-embedding grid, patch-embedding channels).
+    Attributes:
+        source: The file (or ``"<state dict>"``) the weights came from.
+        loaded: Encoder keys copied into the model.
+        missing: Encoder keys of the model that the checkpoint lacks (left at their current values).
+        unexpected: Checkpoint keys not loaded (decoder, head, keys the model does not have).
+        adapted: One line per converted tensor (position-embedding grid, patch-embedding channels).
     """
 
     source: str
@@ -157,21 +151,17 @@ def load_checkpoint(path: str | Path) -> object:
 def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torch.Tensor], str]:
     """Read a state dict from a file or a dict, unwrapping ``model`` / ``state_dict``.
 
-    Parameters
-    ----------
-    path_or_state:
-        A ``.safetensors`` file, a file ``torch.load`` reads with ``weights_only=True``, a
-        checkpoint dict or a plain state dict.
+    Args:
+        path_or_state: A ``.safetensors`` file, a file ``torch.load`` reads with
+            ``weights_only=True``, a checkpoint dict or a plain state dict.
 
-    Returns
-    -------
-    ``(state_dict, source)``: the tensors by name, and the file name (or ``"<state dict>"``) to
-    use in messages.
+    Returns:
+        ``(state_dict, source)``: the tensors by name, and the file name (or ``"<state dict>"``) to
+        use in messages.
 
-    Raises
-    ------
-    FileNotFoundError, ValueError:
-        naming the file, when it does not exist, cannot be read or holds no state dict.
+    Raises:
+        FileNotFoundError, ValueError: naming the file, when it does not exist, cannot be read or
+            holds no state dict.
     """
     if isinstance(path_or_state, Mapping):
         obj, source = path_or_state, "<state dict>"
@@ -201,14 +191,11 @@ def split_encoder(
     ``encoder.`` (a segmentation checkpoint), exactly those keys form the encoder; otherwise the
     keys named in :data:`ENCODER_KEYS` do.
 
-    Parameters
-    ----------
-    state:
-        A flat state dict.
+    Args:
+        state: A flat state dict.
 
-    Returns
-    -------
-    ``(encoder, others)``: encoder tensors by timm name, and the names of the other keys.
+    Returns:
+        ``(encoder, others)``: encoder tensors by timm name, and the names of the other keys.
     """
     state = strip_wrappers(state)
     if any(k.startswith(ENCODER_PREFIX) for k in state):
@@ -226,12 +213,9 @@ def adapt_patch_embed(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     3 -> 1 sums over the channels; 1 -> 3 repeats and divides by 3. Either way a gray image
     (replicated to 3 channels where needed) gives the same tokens as before.
 
-    Parameters
-    ----------
-    weight:
-        The ``patch_embed.proj.weight`` tensor.
-    in_chans:
-        Target number of input channels.
+    Args:
+        weight: The ``patch_embed.proj.weight`` tensor.
+        in_chans: Target number of input channels.
     """
     have = weight.shape[1]
     if have == in_chans:
@@ -275,25 +259,20 @@ def load_encoder_weights(
     See the module docstring for the flavours and the adaptations. Every loaded, missing and
     unexpected key is reported by name (missing keys as a warning, the rest at info level).
 
-    Parameters
-    ----------
-    model:
-        A :class:`~vasomim.models.segmentation.ViTUNet` (anything with a timm ViT ``encoder``).
-    path_or_state:
-        Checkpoint file (``.pth``/``.pt``/``.safetensors``) or an already loaded dict.
-    strict_encoder:
-        If True, an encoder key of the model that the checkpoint lacks is an error; if False it is
-        reported and keeps its current value.
+    Args:
+        model: A :class:`~vasomim.models.segmentation.ViTUNet` (anything with a timm ViT
+            ``encoder``).
+        path_or_state: Checkpoint file (``.pth``/``.pt``/``.safetensors``) or an already loaded
+            dict.
+        strict_encoder: If True, an encoder key of the model that the checkpoint lacks is an error;
+            if False it is reported and keeps its current value.
 
-    Returns
-    -------
-    :class:`LoadReport`.
+    Returns:
+        :class:`LoadReport`.
 
-    Raises
-    ------
-    ValueError:
-        naming the source, when no key matches the encoder, when a tensor has an incompatible
-        shape, or (``strict_encoder``) when encoder keys are missing.
+    Raises:
+        ValueError: naming the source, when no key matches the encoder, when a tensor has an
+            incompatible shape, or (``strict_encoder``) when encoder keys are missing.
     """
     state, source = read_state_dict(path_or_state)
     encoder, others = split_encoder(state)

@@ -40,22 +40,18 @@ def export_encoder(
     exactly the tokens of the original model. ``timm.create_model(..., in_chans=1)`` sums the
     channels back and recovers the original kernel.
 
-    Parameters
-    ----------
-    checkpoint_path_or_model:
-        A checkpoint of any flavour :func:`load_encoder_weights` accepts (file or dict), a
-        :class:`~vasomim.models.segmentation.ViTUNet`, or a timm ``VisionTransformer``.
-    out_path:
-        Destination; ``.safetensors`` writes safetensors, any other suffix a ``torch.save`` file
-        holding the plain state dict.
-    in_chans:
-        Input channels of the exported patch embedding (3 or 1); None keeps the encoder's own.
-    dtype:
-        Convert the floating-point tensors (``torch.float16`` for shipping); None keeps them.
+    Args:
+        checkpoint_path_or_model: A checkpoint of any flavour :func:`load_encoder_weights` accepts
+            (file or dict), a :class:`~vasomim.models.segmentation.ViTUNet`, or a timm
+            ``VisionTransformer``.
+        out_path: Destination; ``.safetensors`` writes safetensors, any other suffix a
+            ``torch.save`` file holding the plain state dict.
+        in_chans: Input channels of the exported patch embedding (3 or 1); None keeps the encoder's
+            own.
+        dtype: Convert the floating-point tensors (``torch.float16`` for shipping); None keeps them.
 
-    Returns
-    -------
-    The path written.
+    Returns:
+        The path written.
     """
     if isinstance(checkpoint_path_or_model, nn.Module):
         module = getattr(checkpoint_path_or_model, "encoder", checkpoint_path_or_model)

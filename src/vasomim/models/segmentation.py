@@ -53,11 +53,9 @@ TOKEN_PARAMS = ("cls_token", "pos_embed", "reg_token", "dist_token")
 def default_taps(depth: int) -> tuple[int, int, int, int]:
     """Evenly spaced tap blocks ``ceil(depth * k / 4)`` for k = 1..4 (12 -> 3, 6, 9, 12).
 
-    Parameters
-    ----------
-    depth:
-        Number of encoder blocks. For ``depth < 4`` blocks are tapped more than once
-        (2 -> 1, 1, 2, 2).
+    Args:
+        depth: Number of encoder blocks. For ``depth < 4`` blocks are tapped more than once (2 -> 1,
+            1, 2, 2).
     """
     return tuple(-(-depth * k // 4) for k in range(1, 5))  # type: ignore[return-value]
 
@@ -99,30 +97,21 @@ def _up_step(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
 class ViTUNet(nn.Module):
     """ViT encoder + U-Net-style convolutional decoder, one logit per pixel.
 
-    Parameters
-    ----------
-    size:
-        Encoder size, a key of :data:`VIT_SIZES` (``tiny``, ``small``, ``base``, ``large``).
-    img_size:
-        Training input size (square int or ``(H, W)``), divisible by 16; sets the grid of the
-        learned position embeddings. Other sizes divisible by 16 work at run time.
-    in_chans:
-        Image channels (1 for grayscale angiograms, 3 for replicated gray / RGB).
-    embed_dim, depth, num_heads:
-        Override the size's encoder dimensions.
-    taps:
-        Four 1-based block numbers whose outputs feed the decoder at 1/2, 1/4, 1/8 and 1/16
-        (non-decreasing, each in ``1..depth``; block ``k`` means the tokens after the k-th
-        transformer block). Default :func:`default_taps`. Blocks after the last tap are not run.
-    stem_levels:
-        Convolutional stem skips: 0 = none (every skip comes from the encoder; the decoder cannot
-        bypass it), 1 = full resolution only, 2 = also 1/2, 3 = also 1/4.
-    decoder_channels:
-        Decoder widths at 1/16, 1/8, 1/4, 1/2 and 1/1. The stem uses the widths of its levels.
-    norm:
-        Decoder normalisation, see :func:`vasomim.models.unet.make_norm`.
-    drop_path_rate:
-        Stochastic depth of the encoder blocks.
+    Args:
+        size: Encoder size, a key of :data:`VIT_SIZES` (``tiny``, ``small``, ``base``, ``large``).
+        img_size: Training input size (square int or ``(H, W)``), divisible by 16; sets the grid of
+            the learned position embeddings. Other sizes divisible by 16 work at run time.
+        in_chans: Image channels (1 for grayscale angiograms, 3 for replicated gray / RGB).
+        embed_dim, depth, num_heads: Override the size's encoder dimensions.
+        taps: Four 1-based block numbers whose outputs feed the decoder at 1/2, 1/4, 1/8 and 1/16
+            (non-decreasing, each in ``1..depth``; block ``k`` means the tokens after the k-th
+            transformer block). Default :func:`default_taps`. Blocks after the last tap are not run.
+        stem_levels: Convolutional stem skips: 0 = none (every skip comes from the encoder; the
+            decoder cannot bypass it), 1 = full resolution only, 2 = also 1/2, 3 = also 1/4.
+        decoder_channels: Decoder widths at 1/16, 1/8, 1/4, 1/2 and 1/1. The stem uses the widths of
+            its levels.
+        norm: Decoder normalisation, see :func:`vasomim.models.unet.make_norm`.
+        drop_path_rate: Stochastic depth of the encoder blocks.
     """
 
     def __init__(
@@ -244,12 +233,9 @@ def layer_id(name: str, num_layers: int) -> int:
     Encoder tokens and patch embedding are layer 0, ``encoder.blocks.i`` is layer ``i + 1`` and
     everything else (the encoder's final norm, the whole decoder) is layer ``num_layers``.
 
-    Parameters
-    ----------
-    name:
-        Parameter name as in ``model.named_parameters()``.
-    num_layers:
-        Number of encoder blocks + 1.
+    Args:
+        name: Parameter name as in ``model.named_parameters()``.
+        num_layers: Number of encoder blocks + 1.
     """
     if not name.startswith("encoder."):
         return num_layers
@@ -272,21 +258,15 @@ def param_groups_lrd(
     tokens get no weight decay. Frozen parameters are left out. A model without a ViT ``encoder``
     (e.g. :class:`~vasomim.models.unet.UNet`) gets the full lr everywhere.
 
-    Parameters
-    ----------
-    model:
-        A :class:`ViTUNet` (or any module; see above).
-    base_lr:
-        Learning rate of the top layer.
-    weight_decay:
-        Weight decay of the decayed groups.
-    layer_decay:
-        Per-layer lr factor; 1.0 disables layer-wise decay.
+    Args:
+        model: A :class:`ViTUNet` (or any module; see above).
+        base_lr: Learning rate of the top layer.
+        weight_decay: Weight decay of the decayed groups.
+        layer_decay: Per-layer lr factor; 1.0 disables layer-wise decay.
 
-    Returns
-    -------
-    A list of dicts with ``params``, ``lr``, ``lr_scale`` (for schedulers that rescale a base
-    lr), ``weight_decay`` and ``name``, ready for ``torch.optim.AdamW``.
+    Returns:
+        A list of dicts with ``params``, ``lr``, ``lr_scale`` (for schedulers that rescale a base
+        lr), ``weight_decay`` and ``name``, ready for ``torch.optim.AdamW``.
     """
     blocks = getattr(getattr(model, "encoder", None), "blocks", None)
     num_layers = (len(blocks) if blocks is not None else 0) + 1
@@ -311,19 +291,13 @@ def build_segmentation_model(
 ) -> nn.Module:
     """Build a segmentation network by name.
 
-    Parameters
-    ----------
-    arch:
-        ``"vit_unet"`` (:class:`ViTUNet`) or ``"unet"`` (:class:`~vasomim.models.unet.UNet`).
-    size:
-        ViT size for ``vit_unet``. The fully convolutional ``unet`` takes its width from
-        ``base_channels`` and accepts only the default here.
-    img_size:
-        Training input size for ``vit_unet`` (position-embedding grid); ``unet`` has none.
-    in_chans:
-        Image channels.
-    kwargs:
-        Further constructor arguments of the chosen class.
+    Args:
+        arch: ``"vit_unet"`` (:class:`ViTUNet`) or ``"unet"`` (:class:`~vasomim.models.unet.UNet`).
+        size: ViT size for ``vit_unet``. The fully convolutional ``unet`` takes its width from
+            ``base_channels`` and accepts only the default here.
+        img_size: Training input size for ``vit_unet`` (position-embedding grid); ``unet`` has none.
+        in_chans: Image channels.
+        kwargs: Further constructor arguments of the chosen class.
     """
     if arch == "vit_unet":
         return ViTUNet(size=size, img_size=img_size, in_chans=in_chans, **kwargs)

@@ -17,13 +17,10 @@ NORMS = ("batch", "group", "instance")
 def make_norm(kind: str, channels: int) -> nn.Module:
     """A 2-D normalisation layer.
 
-    Parameters
-    ----------
-    kind:
-        ``"batch"`` (BatchNorm2d), ``"group"`` (GroupNorm with 8 groups, or fewer when the channel
-        count is not divisible by 8) or ``"instance"`` (affine InstanceNorm2d).
-    channels:
-        Number of feature channels.
+    Args:
+        kind: ``"batch"`` (BatchNorm2d), ``"group"`` (GroupNorm with 8 groups, or fewer when the
+            channel count is not divisible by 8) or ``"instance"`` (affine InstanceNorm2d).
+        channels: Number of feature channels.
     """
     if kind == "batch":
         return nn.BatchNorm2d(channels)
@@ -38,12 +35,9 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 class ConvBlock(nn.Sequential):
     """``(Conv 3x3 -> norm -> ReLU) x 2``; the convolutions have no bias (the norm has one).
 
-    Parameters
-    ----------
-    in_channels, out_channels:
-        Channels in and out.
-    norm:
-        Normalisation kind, see :func:`make_norm`.
+    Args:
+        in_channels, out_channels: Channels in and out.
+        norm: Normalisation kind, see :func:`make_norm`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str = "batch") -> None:
@@ -60,19 +54,13 @@ class ConvBlock(nn.Sequential):
 class UpBlock(nn.Module):
     """Upsample by 2, concatenate the skip features, then a :class:`ConvBlock`.
 
-    Parameters
-    ----------
-    in_channels:
-        Channels of the coarser input.
-    skip_channels:
-        Channels of the skip features at the finer resolution.
-    out_channels:
-        Channels out.
-    mode:
-        ``"transpose"``: a 2x2 stride-2 transposed convolution to ``out_channels``;
-        ``"bilinear"``: bilinear upsampling that keeps ``in_channels``.
-    norm:
-        Normalisation kind, see :func:`make_norm`.
+    Args:
+        in_channels: Channels of the coarser input.
+        skip_channels: Channels of the skip features at the finer resolution.
+        out_channels: Channels out.
+        mode: ``"transpose"``: a 2x2 stride-2 transposed convolution to ``out_channels``;
+            ``"bilinear"``: bilinear upsampling that keeps ``in_channels``.
+        norm: Normalisation kind, see :func:`make_norm`.
     """
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int,
@@ -102,19 +90,13 @@ class UNet(nn.Module):
     16, 32, 64, 128 channels at 1/1 .. 1/8 and the bottleneck 256 at 1/16. Inputs must have
     height and width divisible by ``2**levels``.
 
-    Parameters
-    ----------
-    in_chans:
-        Image channels (1 for grayscale angiograms).
-    base_channels:
-        Channels of the full-resolution level.
-    levels:
-        Number of max-pool down-sampling steps (and of up-sampling steps).
-    up:
-        ``"transpose"`` (2x2 transposed convolution halving the channels) or ``"bilinear"``
-        (see :class:`UpBlock`).
-    norm:
-        Normalisation kind, see :func:`make_norm`.
+    Args:
+        in_chans: Image channels (1 for grayscale angiograms).
+        base_channels: Channels of the full-resolution level.
+        levels: Number of max-pool down-sampling steps (and of up-sampling steps).
+        up: ``"transpose"`` (2x2 transposed convolution halving the channels) or ``"bilinear"`` (see
+            :class:`UpBlock`).
+        norm: Normalisation kind, see :func:`make_norm`.
     """
 
     def __init__(self, in_chans: int = 1, base_channels: int = 16, levels: int = 4,

@@ -13,14 +13,12 @@ from vasomim.data.sources.base import Item, Source, summary
 class AnatomySource(Source):
     """Images paired with the anatomy masks written by ``vasomim anatomy`` (its ``manifest.jsonl``).
 
-    Parameters
-    ----------
-    images_dir:
-        The images root the anatomy run read (manifest ``file`` entries are relative to it).
-    anatomy_dir:
-        The anatomy output folder holding ``manifest*.jsonl`` (``mask`` entries are relative to it).
-    name:
-        See :class:`Source`.
+    Args:
+        images_dir: The images root the anatomy run read (manifest ``file`` entries are relative to
+            it).
+        anatomy_dir: The anatomy output folder holding ``manifest*.jsonl`` (``mask`` entries are
+            relative to it).
+        name: See :class:`Source`.
     """
 
     kind = "anatomy"

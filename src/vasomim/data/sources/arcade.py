@@ -14,17 +14,13 @@ from vasomim.data.sources.base import Item, Source, scan_files, summary
 class ArcadeSource(Source):
     """ARCADE (COCO JSON) annotations: images plus polygons rasterised into vessel masks.
 
-    Parameters
-    ----------
-    json_path:
-        The split's COCO JSON (``images``, ``annotations`` with polygon ``segmentation``,
-        ``categories``).
-    images_dir:
-        Folder holding the split's images (``file_name`` is relative to it).
-    categories:
-        Category names or ids whose polygons count as vessel; ``None``: all (their union).
-    name:
-        See :class:`Source`.
+    Args:
+        json_path: The split's COCO JSON (``images``, ``annotations`` with polygon ``segmentation``,
+            ``categories``).
+        images_dir: Folder holding the split's images (``file_name`` is relative to it).
+        categories: Category names or ids whose polygons count as vessel; ``None``: all (their
+            union).
+        name: See :class:`Source`.
     """
 
     kind = "arcade"

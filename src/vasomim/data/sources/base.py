@@ -19,29 +19,20 @@ from vasomim.data.sources.coco import decode_rle, rasterize_polygons
 class Item:
     """One image (or one frame of a cine) and where its mask comes from.
 
-    Attributes
-    ----------
-    id:
-        Unique name within its source (relative path, ``path#f012`` for a frame, nnU-Net case).
-    image_path:
-        The file holding the image.
-    mask_path:
-        The mask file, or ``None``.
-    frame:
-        Frame index inside a multi-frame file, or ``None``.
-    mask_labels:
-        When set, ``mask_path`` is an integer label map and these labels are "vessel" (nnU-Net).
-    polygons:
-        When set, the mask is rasterised from these COCO polygons (ARCADE) at ``mask_size``.
-    rles:
-        COCO RLE masks (compressed strings or run-length tuples) united with the polygons.
-    mask_size:
-        ``(height, width)`` recorded with the polygons and RLEs.
-    annotation_path:
-        The JSON the polygons come from (named in errors).
-    meta:
-        Extra per-item facts (``vessel_fraction`` and ``threshold`` for anatomy items); not part of
-        equality.
+    Attributes:
+        id: Unique name within its source (relative path, ``path#f012`` for a frame, nnU-Net case).
+        image_path: The file holding the image.
+        mask_path: The mask file, or ``None``.
+        frame: Frame index inside a multi-frame file, or ``None``.
+        mask_labels: When set, ``mask_path`` is an integer label map and these labels are "vessel"
+            (nnU-Net).
+        polygons: When set, the mask is rasterised from these COCO polygons (ARCADE) at
+            ``mask_size``.
+        rles: COCO RLE masks (compressed strings or run-length tuples) united with the polygons.
+        mask_size: ``(height, width)`` recorded with the polygons and RLEs.
+        annotation_path: The JSON the polygons come from (named in errors).
+        meta: Extra per-item facts (``vessel_fraction`` and ``threshold`` for anatomy items); not
+            part of equality.
     """
 
     id: str
@@ -77,17 +68,13 @@ class Item:
     def load_mask(self, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
         """The mask as a 2-D bool array, checked against the image size.
 
-        Parameters
-        ----------
-        expected_shape:
-            ``(height, width)`` of the already-loaded image; ``None`` reads it from the image header.
+        Args:
+            expected_shape: ``(height, width)`` of the already-loaded image; ``None`` reads it from
+                the image header.
 
-        Raises
-        ------
-        ImageReadError
-            Unreadable or colour mask, or a size different from the image's.
-        ValueError
-            The item has no mask.
+        Raises:
+            ImageReadError: Unreadable or colour mask, or a size different from the image's.
+            ValueError: The item has no mask.
         """
         if expected_shape is None:
             expected_shape = self.image_shape()
@@ -118,14 +105,10 @@ class Item:
 def scan_files(root: str | os.PathLike, suffixes: Iterable[str] | None = None, recursive: bool = True) -> list[str]:
     """Relative POSIX paths of the files under ``root``, sorted, without opening any file.
 
-    Parameters
-    ----------
-    root:
-        Directory to list.
-    suffixes:
-        Keep files whose lower-cased suffix is one of these (``None``: every file).
-    recursive:
-        Descend into sub-folders (symlinked folders are followed once; loops are cut).
+    Args:
+        root: Directory to list.
+        suffixes: Keep files whose lower-cased suffix is one of these (``None``: every file).
+        recursive: Descend into sub-folders (symlinked folders are followed once; loops are cut).
 
     Names starting with ``.`` are skipped.  Uses ``os.scandir``, whose entries carry the file type,
     so no per-file ``stat`` is needed.
@@ -167,10 +150,8 @@ class Source:
 
     Subclasses implement :meth:`_list`.  ``items`` and ``problems`` are computed on first access.
 
-    Parameters
-    ----------
-    name:
-        Optional name; when given, item ids become ``<name>/<id>``.
+    Args:
+        name: Optional name; when given, item ids become ``<name>/<id>``.
     """
 
     kind = "source"
@@ -219,12 +200,9 @@ class Source:
 class ConcatSource(Source):
     """Several sources as one, in order.  Ids must be unique across them.
 
-    Parameters
-    ----------
-    sources:
-        The sources; give them names when their ids could collide.
-    name:
-        See :class:`Source`.
+    Args:
+        sources: The sources; give them names when their ids could collide.
+        name: See :class:`Source`.
     """
 
     kind = "concat"

@@ -15,13 +15,10 @@ def rasterize_polygons(polygons: Iterable[Sequence[float]], shape: tuple[int, in
     when its centre lies inside the polygon or on its boundary.  So the rectangle with corners
     ``(2, 1)`` and ``(6, 4)`` fills columns 2..5 of rows 1..3: 12 pixels, its area.
 
-    Parameters
-    ----------
-    polygons:
-        Flat vertex lists ``[x1, y1, x2, y2, ...]``; several polygons are united.  Lists with fewer
-        than three vertices have no area and draw nothing.
-    shape:
-        ``(height, width)`` of the mask; parts outside are clipped.
+    Args:
+        polygons: Flat vertex lists ``[x1, y1, x2, y2, ...]``; several polygons are united.  Lists
+            with fewer than three vertices have no area and draw nothing.
+        shape: ``(height, width)`` of the mask; parts outside are clipped.
     """
     from skimage.draw import polygon as fill_polygon
 
@@ -69,19 +66,14 @@ def rle_counts_from_string(counts: str) -> np.ndarray:
 def decode_rle(counts: str | Sequence[int], size: Sequence[int]) -> np.ndarray:
     """A COCO RLE mask as a bool ``(height, width)`` array.
 
-    Parameters
-    ----------
-    counts:
-        Compressed string (``"43V10O..."``) or the uncompressed list of run lengths. Runs
-        alternate background and foreground, starting with background, over the pixels in
-        column-major order (COCO's convention).
-    size:
-        ``[height, width]``.
+    Args:
+        counts: Compressed string (``"43V10O..."``) or the uncompressed list of run lengths. Runs
+            alternate background and foreground, starting with background, over the pixels in
+            column-major order (COCO's convention).
+        size: ``[height, width]``.
 
-    Raises
-    ------
-    ValueError
-        Malformed string, negative runs, or runs that do not add up to height x width.
+    Raises:
+        ValueError: Malformed string, negative runs, or runs that do not add up to height x width.
     """
     h, w = (int(v) for v in size)
     runs = rle_counts_from_string(counts) if isinstance(counts, str) else np.asarray(counts, dtype=np.int64)

@@ -15,12 +15,9 @@ class DicomSource(Source):
 
     Listing reads each file's header (not its pixels) to count frames; needs pydicom.
 
-    Parameters
-    ----------
-    root:
-        Folder to search recursively.
-    name:
-        See :class:`Source`.
+    Args:
+        root: Folder to search recursively.
+        name: See :class:`Source`.
     """
 
     kind = "dicom"

@@ -16,20 +16,14 @@ def _strip_suffix(rel: str) -> str:
 class FolderSource(Source):
     """Images in a folder (recursively), with masks matched by relative path and stem.
 
-    Parameters
-    ----------
-    images_dir:
-        Folder of png/jpg/bmp/tif images.
-    masks_dir:
-        Folder of masks (``None``: unlabelled).  May equal ``images_dir`` when masks carry a
-        ``mask_suffix`` (``x.png`` + ``x_gt.png``), or lie inside it (that sub-folder is then not
-        listed as images).
-    mask_suffix:
-        Text after the image stem in mask names, e.g. ``"_gt"`` for ``x_gt.png``.
-    recursive:
-        List sub-folders too.
-    name:
-        See :class:`Source`.
+    Args:
+        images_dir: Folder of png/jpg/bmp/tif images.
+        masks_dir: Folder of masks (``None``: unlabelled).  May equal ``images_dir`` when masks
+            carry a ``mask_suffix`` (``x.png`` + ``x_gt.png``), or lie inside it (that sub-folder is
+            then not listed as images).
+        mask_suffix: Text after the image stem in mask names, e.g. ``"_gt"`` for ``x_gt.png``.
+        recursive: List sub-folders too.
+        name: See :class:`Source`.
     """
 
     kind = "folder"

@@ -25,16 +25,13 @@ def _nnunet_labels(raw: dict) -> dict[str, int]:
 class NnUNetSource(Source):
     """An nnU-Net raw dataset folder (2-D images, PNG/TIF/...).
 
-    Parameters
-    ----------
-    root:
-        Folder holding ``dataset.json``, ``imagesTr``, ``labelsTr`` (and maybe ``imagesTs``).
-    labels:
-        Label names or values that are "vessel"; ``None``: every label except background (0).
-    split:
-        ``"train"`` (``imagesTr``/``labelsTr``) or ``"test"`` (``imagesTs``/``labelsTs`` if present).
-    name:
-        See :class:`Source`.
+    Args:
+        root: Folder holding ``dataset.json``, ``imagesTr``, ``labelsTr`` (and maybe ``imagesTs``).
+        labels: Label names or values that are "vessel"; ``None``: every label except background
+            (0).
+        split: ``"train"`` (``imagesTr``/``labelsTr``) or ``"test"`` (``imagesTs``/``labelsTs`` if
+            present).
+        name: See :class:`Source`.
     """
 
     kind = "nnunet"

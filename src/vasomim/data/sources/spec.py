@@ -35,14 +35,11 @@ _SPEC_KEYS: dict[str, tuple[type[Source], tuple[str, ...], dict[str, tuple[str, 
 def source_from_spec(entry: dict, base_dir: str | os.PathLike = ".", where: str = "data spec") -> Source:
     """Build one source from a spec mapping such as ``{type: folder, images: x, masks: y}``.
 
-    Parameters
-    ----------
-    entry:
-        ``type`` (folder, arcade, nnunet, dicom, anatomy), an optional ``name`` and the type's keys.
-    base_dir:
-        Relative paths are taken relative to this folder (the YAML file's folder).
-    where:
-        Named in error messages.
+    Args:
+        entry: ``type`` (folder, arcade, nnunet, dicom, anatomy), an optional ``name`` and the
+            type's keys.
+        base_dir: Relative paths are taken relative to this folder (the YAML file's folder).
+        where: Named in error messages.
     """
     if not isinstance(entry, dict) or "type" not in entry:
         raise ValueError(f"{where}: each source needs a 'type' ({', '.join(_SPEC_KEYS)})")
@@ -100,20 +97,19 @@ def _detect(root: Path) -> Source:
 def load_source(spec: str | os.PathLike | dict | list) -> Source:
     """Build a source from a directory, a YAML data spec, or spec mappings.
 
-    Parameters
-    ----------
-    spec:
-        * a directory; its layout is detected, first match wins: nnU-Net (``dataset.json`` +
-          ``imagesTr``), ARCADE (``images/`` + ``annotations/<one>.json``), ``images/`` +
-          ``masks/`` (or ``labels/``), ``images/`` alone, then a plain folder of images and/or
-          DICOM files;
-        * a ``.yaml``/``.yml`` file holding ``sources: [ {type: ..., ...}, ... ]`` (or one mapping
-          with a ``type``); paths are relative to the file;
-        * a mapping or a list of mappings in the same form (paths relative to the working folder).
+    Args:
+        spec:
+            * a directory; its layout is detected, first match wins: nnU-Net (``dataset.json`` +
+              ``imagesTr``), ARCADE (``images/`` + ``annotations/<one>.json``), ``images/`` +
+              ``masks/`` (or ``labels/``), ``images/`` alone, then a plain folder of images and/or
+              DICOM files;
+            * a ``.yaml``/``.yml`` file holding ``sources: [ {type: ..., ...}, ... ]`` (or one
+              mapping with a ``type``); paths are relative to the file;
+            * a mapping or a list of mappings in the same form (paths relative to the working
+              folder).
 
-    Returns
-    -------
-    The source; several sources come back as one :class:`ConcatSource`.
+    Returns:
+        The source; several sources come back as one :class:`ConcatSource`.
     """
     if isinstance(spec, dict):
         return source_from_spec(spec)

@@ -84,22 +84,15 @@ def _config(preset: str, overrides: dict | None) -> SynthConfig:
 class SyntheticSource(Source):
     """``count`` synthetic angiograms with exact vessel masks, generated when read.
 
-    Parameters
-    ----------
-    count:
-        Number of items.
-    size:
-        Image side in pixels (square).
-    seed:
-        Item ``i`` uses generator seed ``seed + i``.  Two synthetic sources in one corpus need seeds
-        at least ``count`` apart, or they share images.
-    preset:
-        ``realistic`` (:meth:`SynthConfig.realistic`, the default) or ``classic`` (``SynthConfig()``,
-        the demo's images).
-    config:
-        :class:`~vasomim.data.synthetic.SynthConfig` fields that replace the preset's.
-    name:
-        See :class:`~vasomim.data.sources.Source`.
+    Args:
+        count: Number of items.
+        size: Image side in pixels (square).
+        seed: Item ``i`` uses generator seed ``seed + i``.  Two synthetic sources in one corpus need
+            seeds at least ``count`` apart, or they share images.
+        preset: ``realistic`` (:meth:`SynthConfig.realistic`, the default) or ``classic``
+            (``SynthConfig()``, the demo's images).
+        config: :class:`~vasomim.data.synthetic.SynthConfig` fields that replace the preset's.
+        name: See :class:`~vasomim.data.sources.Source`.
     """
 
     kind = "synthetic"
@@ -184,17 +177,12 @@ def _spread(items: list[Item], slots: int, rng: np.random.Generator) -> list[Ite
 class MixSource(Source):
     """Sources mixed at chosen shares of every epoch (see :func:`mix_counts`).
 
-    Parameters
-    ----------
-    sources:
-        The sources (their ids must be unique across them: give them names).
-    shares:
-        Share of each source, or ``None`` for the sources that take the rest.
-    seed:
-        Seed of the choice of which items of an oversampled source appear once more than the others
-        (when its slots are not a multiple of its size).
-    name:
-        See :class:`~vasomim.data.sources.Source`.
+    Args:
+        sources: The sources (their ids must be unique across them: give them names).
+        shares: Share of each source, or ``None`` for the sources that take the rest.
+        seed: Seed of the choice of which items of an oversampled source appear once more than the
+            others (when its slots are not a multiple of its size).
+        name: See :class:`~vasomim.data.sources.Source`.
     """
 
     kind = "mix"

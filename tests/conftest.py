@@ -34,3 +34,14 @@ def pytest_configure(config):
     torch.set_num_threads(1)
     # the library's messages reach stderr as under the command line, where capsys sees them
     configure_logging(logging.INFO)
+
+
+@pytest.fixture(autouse=True)
+def _library_messages_on_stderr():
+    """Every test starts with the library's messages on stderr at INFO: a CLI call with ``--quiet``
+    in an earlier test must not silence the messages a later test reads."""
+    import logging
+
+    from vasomim.cli import configure_logging
+
+    configure_logging(logging.INFO)

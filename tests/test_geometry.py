@@ -9,8 +9,8 @@ from conftest import shared_data
 
 from vasomim.data.io import read_image, read_mask
 from vasomim.data.transforms import TransformConfig, build_transform
-from vasomim.engines.finetune import FinetuneConfig, build_network, dice_bce_loss, network_spec
-from vasomim.inference import input_spec, predict_image
+from vasomim.engines.finetune import FinetuneConfig, build_network, dice_bce_loss, network_config
+from vasomim.inference import input_convention, predict_image
 from vasomim.metrics import dice
 
 
@@ -28,7 +28,7 @@ def test_padding_a_real_angiogram_to_a_wide_frame_keeps_its_mask():
     cfg = FinetuneConfig(data="unused", embed_dim=96, depth=2, num_heads=3,
                          decoder_channels=(64, 32, 16, 16, 8), img_size=96)
     torch.manual_seed(0)
-    model = build_network(network_spec(cfg))
+    model = build_network(network_config(cfg))
     transform = build_transform(TransformConfig(size=96, zoom=(0.8, 1.25), base_scale=1.0), train=True)
     images = [read_image(root / "images" / n) for n in names]
     masks = [read_mask(root / "masks" / n) for n in names]
@@ -47,14 +47,14 @@ def test_padding_a_real_angiogram_to_a_wide_frame_keeps_its_mask():
     image = read_image(root / "images" / "cimat_40.png")
     wide = np.full((300, 480), np.median(image), np.float32)
     wide[:, 120:420] = image
-    spec = input_spec(96, 1, 1.0)  # what finetune records with input_scale 1
+    convention = input_convention(96, 1, 1.0)  # what finetune records with input_scale 1
     agree = {}
     for mode in ("native", "resize"):
-        square = predict_image(model, image, spec, mode=mode) >= 0.5
-        inside = (predict_image(model, wide, spec, mode=mode) >= 0.5)[:, 120:420]
+        square = predict_image(model, image, convention, mode=mode) >= 0.5
+        inside = (predict_image(model, wide, convention, mode=mode) >= 0.5)[:, 120:420]
         agree[mode] = dice(inside, square)
     truth = read_mask(root / "masks" / "cimat_40.png")
-    square = predict_image(model, image, spec) >= 0.5
+    square = predict_image(model, image, convention) >= 0.5
     assert dice(square, truth) > 0.6, "the briefly trained model should find vessels"
     assert agree["native"] >= 0.98, agree
     assert agree["native"] - agree["resize"] >= 0.05, agree

@@ -92,7 +92,6 @@ def checkpoint(tmp_path_factory):
 def test_segment_keeps_size_and_tta_is_the_flip_average(tmp_path, checkpoint):
     model = vasomim.load_model(checkpoint, device="cpu")
     assert not model.training and model.input_convention["scale"] == pytest.approx(64 / 90)
-    assert model.input_spec is model.input_convention  # the old name still reads
     image = synthesize(3, size=90)[0][:, :70].astype(np.uint16) * 257  # 16-bit, 90 x 70
     prob, mask = vasomim.segment(model, image)
     assert prob.shape == mask.shape == (90, 70) and prob.dtype == np.float32 and mask.dtype == bool

@@ -142,10 +142,6 @@ def as_gray(image: np.ndarray | str | os.PathLike, name: str = "<array>") -> np.
     return pil_to_gray_array(pil, name)
 
 
-#: The old name of :func:`input_convention` (engines/finetune_config.py still imports it).
-input_spec = input_convention
-
-
 # ----------------------------------------------------------------------------- models
 
 
@@ -181,7 +177,6 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "au
         raise FileNotFoundError(f"{path_or_name}: no such checkpoint file or model folder, and no "
                                 f"shipped model of that name (shipped: {known})")
     model.input_convention = dict(config["input"])
-    model.input_spec = model.input_convention  # the old name, which README still shows
     model.network_config = dict(config["network"])
     return model.to(resolve_device(device))
 

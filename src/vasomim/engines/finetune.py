@@ -21,17 +21,13 @@ from vasomim.data.check import pair_size_problems
 from vasomim.data.io import looked_for, write_text_atomic
 from vasomim.data.sources import Item, load_source
 from vasomim.engines.evaluate import METRICS, csv_text, format_table, summarize_rows
-from vasomim.engines.finetune_config import AugmentConfig, FinetuneConfig, network_spec
+from vasomim.engines.finetune_config import AugmentConfig, FinetuneConfig, network_config
 from vasomim.engines.finetune_run import RunPlan, RunResult, initialize, train_run
 from vasomim.inference import build_network
 from vasomim.losses import dice_bce_loss
 from vasomim.metrics import summarize
 
 logger = logging.getLogger(__name__)
-
-#: The network part of a run's config (``config["network"]``). ``network_spec`` is its old name,
-#: which engines/finetune_config.py (where it is defined) and tests/test_geometry.py still use.
-network_config = network_spec
 
 # the engine's public names, wherever they are defined
 __all__ = [
@@ -46,7 +42,6 @@ __all__ = [
     "kfold_splits",
     "labelled_items",
     "network_config",
-    "network_spec",
     "subsample",
 ]
 

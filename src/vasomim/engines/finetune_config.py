@@ -8,10 +8,10 @@ from pydantic import Field, field_validator, model_validator
 
 from vasomim.config import StrictModel, config_to_dict
 from vasomim.data.transforms import TransformConfig
-from vasomim.inference import input_spec
+from vasomim.inference import input_convention
 
 __all__ = ["AugmentConfig", "CHECKPOINT_KIND", "FinetuneConfig", "RESUMABLE_CHANGES", "checkpoint_config",
-           "network_spec", "transform_config"]
+           "network_config", "transform_config"]
 
 CHECKPOINT_KIND = "vasomim_segmentation"
 
@@ -120,7 +120,7 @@ class FinetuneConfig(StrictModel):
         return self
 
 
-def network_spec(cfg: FinetuneConfig) -> dict:
+def network_config(cfg: FinetuneConfig) -> dict:
     """Keyword arguments of :func:`~vasomim.models.segmentation.build_segmentation_model` (plain data)."""
     if cfg.arch == "unet":
         return {"arch": "unet", "in_chans": cfg.in_chans, "base_channels": cfg.base_channels,
@@ -146,5 +146,5 @@ def transform_config(cfg: FinetuneConfig, base_scale: float = 1.0) -> TransformC
 
 def checkpoint_config(cfg: FinetuneConfig, scale: float | None) -> dict:
     """What a checkpoint stores: the config, plus ``network`` and ``input`` to rebuild and feed the network."""
-    return {**config_to_dict(cfg), "network": network_spec(cfg),
-            "input": input_spec(cfg.img_size, cfg.in_chans, scale)}
+    return {**config_to_dict(cfg), "network": network_config(cfg),
+            "input": input_convention(cfg.img_size, cfg.in_chans, scale)}

@@ -30,8 +30,7 @@ from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cosine_lr, r
 from vasomim.engines.evaluate import METRICS, score_items, summarize_rows
 from vasomim.engines.finetune_config import (CHECKPOINT_KIND, RESUMABLE_CHANGES, FinetuneConfig, checkpoint_config,
                                              transform_config)
-# finetune_config.py (edited elsewhere) still calls it by its old name, network_spec
-from vasomim.engines.finetune_config import network_spec as network_config
+from vasomim.engines.finetune_config import network_config
 from vasomim.inference import build_network, reference_scale, resolve_device
 from vasomim.losses import dice_bce_loss
 from vasomim.models.checkpoints import (load_encoder_weights, model_from_checkpoint, read_state_dict,

@@ -206,9 +206,9 @@ def _run_pretrain(d: Path, config: dict, deps: dict, launcher: str | None = None
         values = deep_merge(values, {"consistency": {"segmentor": deps["segmentor/segmentor"]["checkpoint"]}})
     cfg = PretrainConfig.model_validate(values)
     if launcher:
-        spec = d / "pretrain.yaml"
-        spec.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-        argv = [*shlex.split(launcher), "vasomim", "pretrain", "--config", str(spec), "--resume", "--quiet"]
+        config_file = d / "pretrain.yaml"
+        config_file.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+        argv = [*shlex.split(launcher), "vasomim", "pretrain", "--config", str(config_file), "--resume", "--quiet"]
         _say("launching " + " ".join(shlex.quote(x) for x in argv))
         subprocess.run(argv, check=True)
         log = d / "log.jsonl"

@@ -95,7 +95,8 @@ class StudyConfig(StrictModel):
         pretrain_arms: arm name -> overrides (MAE baseline, ablations, masking-ratio sweep ...).
         finetune: :class:`~vasomim.engines.finetune.FinetuneConfig` keys shared by every arm.
         finetune_arms: arm name -> overrides; ``init`` is ``scratch``, ``pretrain:<arm>``, ``spt``
-            or a checkpoint path; ``arch: unet`` is the CNN U-Net baseline.
+            or a checkpoint path; ``arch: unet`` is the CNN U-Net baseline; ``label_fractions``
+            runs an arm (an ablation, say) at only some of the study's fractions.
         spt: overrides of the SPT stage (the fine-tune config trained on the pseudo-labels).
         frangi: score the anatomy masks of the labelled images (the Frangi/Sato baseline): the paper's
             recipe, and the study's anatomy recipe (``fov`` by default) as a second row.
@@ -303,7 +304,8 @@ def _pretrain_uses_segmentor(values: dict) -> bool:
 #: CPU seconds per image and epoch at one thread on the reference 2-core machine (BENCHMARKS.md),
 #: at a reference size; other sizes scale with the pixel count, other ViT sizes with their FLOPs.
 _SECONDS_PER_IMAGE = {"finetune_vit": (0.50, 256), "finetune_unet": (0.23, 256),
-                      "pretrain_vit": (0.02, 128), "pretrain_unet": (0.02, 128), "segmentor": (0.012, 128)}
+                      "pretrain_vit": (0.02, 128), "pretrain_unet": (0.02, 128), "segmentor": (0.012, 128),
+                      "synthetic": (0.06, 256)}  # generating one realistic synthetic frame
 _VIT_FLOPS = {"tiny": 1.0, "small": 3.5, "base": 13.5, "large": 47.0}
 
 
@@ -312,6 +314,24 @@ def _cpu_minutes(kind: str, images: float, epochs: int, img_size: int, size: str
     seconds, ref = _SECONDS_PER_IMAGE[kind]
     scale = (img_size / ref) ** 2 * (_VIT_FLOPS.get(size, 13.5) if kind.endswith("vit") else 1.0)
     return images * epochs * seconds * scale / 60.0
+
+
+def _pretrain_minutes(v: dict, n_corpus: int) -> float:
+    """Pre-training cost: the steps over real and synthetic frames, plus generating the synthetic ones."""
+    synth = v.get("synthetic") or {}
+    count, share = int(synth.get("count", 0)), synth.get("share")
+    if count <= 0:
+        per_epoch, generated = n_corpus, 0
+    elif share is None:
+        per_epoch, generated = n_corpus + count, count
+    else:  # mix_counts: the epoch is long enough for both groups at their shares
+        per_epoch = max(n_corpus / (1.0 - float(share)), count / float(share))
+        generated = float(share) * per_epoch
+    epochs = int(v.get("epochs", 800))
+    kind = "pretrain_unet" if v.get("model", {}).get("arch") == "unet" else "pretrain_vit"
+    steps = _cpu_minutes(kind, per_epoch, epochs, v.get("data", {}).get("img_size", 224),
+                         v.get("model", {}).get("size", "base"))
+    return steps + _cpu_minutes("synthetic", generated, epochs, int(synth.get("size", 256)))
 
 
 def _finetune_minutes(v: dict, n_labelled: int) -> float:
@@ -361,10 +381,7 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
             else:
                 deps.append(segmentor)
         pretrain[arm] = Stage("pretrain", arm, values, partial(_run_pretrain, launcher=cfg.pretrain_launcher), deps=deps,
-                              cost=_cpu_minutes("pretrain_unet" if values.get("model", {}).get("arch") == "unet"
-                                                else "pretrain_vit", n_corpus, values.get("epochs", 800),
-                                                values.get("data", {}).get("img_size", 224),
-                                                values.get("model", {}).get("size", "base")))
+                              cost=_pretrain_minutes(values, n_corpus))
     for label, points in cfg.sweeps.items():
         unknown = sorted(set(points) - set(cfg.finetune_arms))
         if unknown:
@@ -372,6 +389,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
     spt = None
     finetune: dict[tuple[str, float], Stage] = {}
     for arm, over in cfg.finetune_arms.items():
+        over = dict(over)
+        fractions = over.pop("label_fractions", cfg.label_fractions)  # an ablation arm may run at fewer
         values = deep_merge(deep_merge(cfg.finetune, over), {"data": cfg.labelled})
         if cfg.held_out is not None:
             values = deep_merge(values, {"val_data": cfg.held_out, "folds": 1})
@@ -389,7 +408,7 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
                                 {**cfg.finetune, **cfg.spt, "folds": 1, "val_fraction": 0.0,
                                  "seeds": cfg.finetune.get("seeds", [0])[:1]}, n_corpus))
             deps.append(spt)
-        for frac in cfg.label_fractions:
+        for frac in fractions:
             v = deep_merge(values, {"label_fraction": float(frac)})
             finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v,
                                                  partial(_run_finetune, only=cfg.only), deps=deps,

@@ -130,3 +130,28 @@ def test_model_folder_and_onnx_equal_the_checkpoint(tmp_path, capsys, arch):
         got = session.run(None, {"image": x.numpy()})[0]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_unet_finetuning_checkpoint_exports_its_encoder_and_network(tmp_path, capsys):
+    """A unet fine-tuning checkpoint: --to FILE writes its down.* blocks (as `vasomim ship` does) and their
+    settings; --to DIR also the whole network (model/, and model.onnx unless --no-onnx)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    model = _segmentation_checkpoint(tmp_path / "best.pth", arch="unet", base_channels=4, levels=2, norm="group")
+    own = model.state_dict()
+    out = tmp_path / "unet.safetensors"
+    assert main(["export", str(tmp_path / "best.pth"), "--to", str(out)]) == 0
+    assert "base_channels=4 levels=2 norm=group" in capsys.readouterr().out
+    tensors = load_file(str(out))
+    assert set(tensors) == {k for k in own if k.startswith("down.")}
+    assert all(torch.equal(v, own[k]) for k, v in tensors.items())
+    meta = json.loads(out.with_suffix(".json").read_text())
+    gray = input_convention(64, 1)
+    assert (meta["base_channels"], meta["levels"], meta["norm"], meta["input_size"], meta["mean"], meta["std"]) == \
+        (4, 2, "group", 64, gray["mean"], gray["std"])
+
+    assert main(["export", str(tmp_path / "best.pth"), "--to", str(tmp_path / "exp"), "--no-onnx"]) == 0
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["encoder.json", "encoder.safetensors", "model"]
+    assert set(load_file(str(tmp_path / "exp" / "encoder.safetensors"))) == set(tensors)

@@ -265,3 +265,52 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(data, tmp
         # 1e-4 is 3% of one Adam step at lr 3e-3: the norms' backward turns the order of float sums
         # into ~1e-5 relative gradient noise, and Adam's normalised steps carry it into the weights
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-4), key
+
+
+# ----------------------------------------------------------------------------- the tools: export and analyses
+
+
+def test_export_writes_the_unet_encoder_and_finetune_loads_it_bit_exactly(data, pretrained, tmp_path, capsys):
+    """`vasomim export` on a U-Net pre-training checkpoint writes exactly its down.* tensors (float32, as
+    trained) and encoder.json; `finetune --init` takes the file or the folder, as `--init vasomim-unet`."""
+    from safetensors.torch import load_file
+
+    ckpt = str(pretrained / "checkpoint-final.pth")
+    state = torch.load(ckpt, weights_only=True)["model"]
+    exported = tmp_path / "exp" / "encoder.safetensors"
+    assert main(["export", ckpt, "--to", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert f"--init {exported} in_chans=1 base_channels=8 levels=4 norm=batch" in out
+    tensors = load_file(str(exported))
+    down = {k: v for k, v in state.items() if k.startswith("down.")}
+    assert set(tensors) == set(down) and len(down) == 60
+    assert all(torch.equal(tensors[k], v) for k, v in down.items())  # dtype and values
+    meta = json.loads((tmp_path / "exp" / "encoder.json").read_text())
+    assert (meta["in_chans"], meta["base_channels"], meta["levels"], meta["norm"], meta["input_size"]) == \
+        (1, 8, 4, "batch", 64)
+
+    cfg = FinetuneConfig(data=data["labelled"], arch="unet", base_channels=8, img_size=64)
+    for init in (str(exported), str(tmp_path / "exp")):  # the file, or the folder export wrote
+        model = build_network(network_config(cfg))
+        notes = initialize(model, init, "unet")
+        assert notes[0] == f"init: U-Net encoder (down blocks) from {exported}: 60 tensors loaded"
+        own = model.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in down.items())
+    out = tmp_path / "ft"
+    assert main(["finetune", "--config", "finetune/unet_cpu", "--data", data["labelled"], "--out", str(out),
+                 "--init", str(tmp_path / "exp"), "--quiet", *FT_TINY]) == 0
+    assert read_log(next(out.rglob("log.jsonl")))[0]["event"].startswith(f"init: U-Net encoder (down blocks) from "
+                                                                         f"{exported}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: a folder to start from holds encoder.safetensors"):
+        initialize(model, str(tmp_path / "empty"), "unet")
+
+    # what cannot be done: one line naming the file and the reason, nothing written
+    assert main(["export", ckpt, "--to", str(tmp_path / "x.safetensors"), "--in-chans", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {ckpt}: a U-Net encoder keeps its 1 input channel(s); --in-chans 3 applies to ViT "
+                   "encoders only")
+    assert not (tmp_path / "x.safetensors").exists()
+    assert main(["export", ckpt, "--to", str(tmp_path / "model.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'model.onnx'}: --to takes an encoder file") and "\n" not in err

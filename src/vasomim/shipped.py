@@ -85,7 +85,18 @@ def find(name: str, kind: str | None = None, root: str | os.PathLike | None = No
 
 
 def resolve_init(init: str, root: str | os.PathLike | None = None) -> str:
-    """``finetune --init``: a shipped encoder's name becomes its file; anything else is returned as is."""
+    """``finetune --init``: a shipped encoder's name becomes its file, and so does a folder written by
+    ``vasomim export CKPT --to DIR`` (its ``encoder.safetensors``); anything else is returned as is.
+
+    Raises:
+        ValueError: one line naming the folder, when ``init`` is a folder without ``encoder.safetensors``.
+    """
+    if Path(init).is_dir():
+        encoder = Path(init) / "encoder.safetensors"
+        if not encoder.is_file():
+            raise ValueError(f"{init}: a folder to start from holds encoder.safetensors (vasomim export CKPT "
+                             f"--to {init}); this one has none")
+        return str(encoder)
     if init == "scratch" or Path(init).exists():
         return init
     model = find(init, "encoder", root)

@@ -1,10 +1,14 @@
 """``vasomim export CHECKPOINT --to encoder.safetensors | DIR``: the encoder for timm, the whole network.
 
 ``--to X.safetensors`` (or ``.pth``) writes the ViT encoder in timm naming plus ``X.json``, its timm
-``pretrained_cfg`` (architecture, mean, std, input_size, crop_pct 1.0). ``--to DIR`` writes
-``DIR/encoder.safetensors`` + ``DIR/encoder.json`` and, for a fine-tuned checkpoint,
-``DIR/model/`` (``model.safetensors`` + ``config.json``, what :func:`vasomim.load_model` reads, no
-pickle) and ``DIR/model.onnx`` (dynamic batch, height and width; needs the ``onnx`` extra).
+``pretrained_cfg`` (architecture, mean, std, input_size, crop_pct 1.0). For a CNN U-Net checkpoint
+(``model.arch: unet`` pre-training, or a ``unet`` fine-tuning) it writes the U-Net encoder (the
+``down.*`` blocks, as :func:`~vasomim.models.unet_mim.export_unet_encoder` does for ``vasomim
+ship``) plus ``X.json``, its shape and input settings; ``vasomim finetune --init X`` loads it.
+``--to DIR`` writes ``DIR/encoder.safetensors`` + ``DIR/encoder.json`` and, for a fine-tuned
+checkpoint, ``DIR/model/`` (``model.safetensors`` + ``config.json``, what
+:func:`vasomim.load_model` reads, no pickle) and ``DIR/model.onnx`` (dynamic batch, height and
+width; needs the ``onnx`` extra).
 """
 
 from __future__ import annotations
@@ -84,12 +88,14 @@ def timm_one_liner(state: dict, path: str, in_chans: int, num_heads: int | None 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export the ViT encoder of a checkpoint to safetensors for timm",
+        help="export the encoder of a checkpoint (ViT for timm, or U-Net) and a fine-tuned network",
         description=(
             "Write the ViT encoder of any checkpoint vasomim reads (fine-tuned segmentation, vasomim or original "
             "MAE/VasoMIM pre-training, timm) in timm naming, and print the timm.create_model call that loads it. "
             "By default the patch embedding is written for 3 input channels (a gray encoder's kernel is repeated "
-            "and divided by 3, so gray replicated to RGB gives the same features)."
+            "and divided by 3, so gray replicated to RGB gives the same features). A CNN U-Net checkpoint "
+            "(pre-training with model.arch unet, or a unet fine-tuning) gives its encoder (down blocks) for "
+            "'vasomim finetune --init'."
         ),
         epilog="example: vasomim export runs/pretrain/checkpoint.pth --to encoder.safetensors",
     )
@@ -98,8 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encoder file (.safetensors, or .pth for a torch.save state dict), with its timm "
                         "pretrained_cfg as .json beside it; or a folder for encoder + model/ + model.onnx")
     p.add_argument("--no-onnx", action="store_true", help="with a folder: skip model.onnx")
-    p.add_argument("--in-chans", type=int, choices=(1, 3), default=3,
-                   help="input channels of the exported patch embedding (default 3, the timm layout)")
+    p.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
+                   help="input channels of the exported ViT patch embedding (default 3, the timm layout); a "
+                        "U-Net encoder keeps its own")
     p.set_defaults(func=run)
 
 
@@ -116,39 +123,69 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from vasomim.models.checkpoints import read_state_dict
+    from vasomim.models.checkpoints import read_state_dict, strip_wrappers
     from vasomim.models.export import encoder_pretrained_cfg, export_encoder
+    from vasomim.models.unet_mim import is_unet_state
 
     to = Path(args.to)
+    if to.suffix.lower() == ".onnx":
+        return _fail(f"{to}: --to takes an encoder file (.safetensors, .pth) or a folder; model.onnx is written "
+                     "into the folder, for a fine-tuned checkpoint")
     folder = to.suffix.lower() not in (".safetensors", ".pth", ".pt")
     enc_path = to / "encoder.safetensors" if folder else to
     try:
         config = _config_of(args.checkpoint)
-        if folder and isinstance(config, dict) and config.get("network", {}).get("arch") == "unet":
-            print("note: a CNN U-Net has no ViT encoder; exporting the whole network only")
-            return _export_network(args, config, to)
-        out = export_encoder(args.checkpoint, enc_path, in_chans=args.in_chans)
+        state = strip_wrappers(read_state_dict(args.checkpoint)[0])
+        if is_unet_state(state):
+            return _export_unet(args, state, config, enc_path, folder)
+        in_chans = args.in_chans or 3
+        out = export_encoder(args.checkpoint, enc_path, in_chans=in_chans)
         state, _ = read_state_dict(out)
         grid = math.isqrt(state["pos_embed"].shape[1] - 1)
         arch = TIMM_SIZES.get(state["patch_embed.proj.weight"].shape[0], ("vit_base_patch16_224",))[0]
-        cfg = encoder_pretrained_cfg(arch, config, args.in_chans, grid)
+        cfg = encoder_pretrained_cfg(arch, config, in_chans, grid)
         cfg["file"] = out.name
         out.with_suffix(".json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     heads = heads_from_config(config, state["patch_embed.proj.weight"].shape[0])
     print(f"export: {len(state)} encoder tensors written to {out}, its timm pretrained_cfg to "
           f"{out.with_suffix('.json')}")
     if heads is None:
         print("note: the checkpoint does not record the attention heads; assuming width / 64")
     print("load it in timm (offline) with:")
-    print(f"  import timm; model = {timm_one_liner(state, str(out), args.in_chans, heads)}")
+    print(f"  import timm; model = {timm_one_liner(state, str(out), in_chans, heads)}")
     print("and with the training preprocessing for timm.data.resolve_data_config(model=model), pass")
     print(f"  pretrained_cfg_overlay=dict(json.load(open(\"{out.with_suffix('.json')}\")), "
           f"file=\"{out}\")")
     if folder:
         return _export_network(args, config, to)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _export_unet(args: argparse.Namespace, state: dict, config, enc_path, folder: bool) -> int:
+    """A U-Net checkpoint: its encoder (``down.*``, kept in the checkpoint's precision) and settings
+    (:func:`~vasomim.models.unet_mim.export_unet_encoder`); with a folder also the whole network of
+    a fine-tuned one."""
+    from vasomim.models.unet_mim import export_unet_encoder, unet_layout
+
+    layout = unet_layout(state, config if isinstance(config, dict) else None)
+    if args.in_chans is not None and args.in_chans != layout["in_chans"]:
+        return _fail(f"{args.checkpoint}: a U-Net encoder keeps its {layout['in_chans']} input channel(s); "
+                     f"--in-chans {args.in_chans} applies to ViT encoders only")
+    enc, arch = export_unet_encoder(args.checkpoint, enc_path, dtype=None)
+    print(f"export: {len(enc)} U-Net encoder tensors (down blocks; {arch}) written to {enc_path}, its settings "
+          f"to {enc_path.with_suffix('.json')}")
+    print("fine-tune from it with:")
+    print(f"  vasomim finetune --config finetune/unet_cpu --data DATA --init {enc_path} "
+          + " ".join(f"{k}={v}" for k, v in layout.items()))
+    if folder:
+        return _export_network(args, config, enc_path.parent)
     return 0
 
 
@@ -163,8 +200,7 @@ def _export_network(args: argparse.Namespace, config, to) -> int:
     try:
         model, config = model_from_checkpoint(args.checkpoint)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     folder = export_model_folder(model, config, to / "model")
     print(f"export: the segmentation network to {folder} (vasomim.load_model(\"{folder}\"))")
     if args.no_onnx:

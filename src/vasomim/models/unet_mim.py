@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -41,11 +42,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from vasomim.data.transforms import TransformConfig
 from vasomim.models.checkpoints import load_checkpoint, read_state_dict, strip_wrappers
 from vasomim.models.mae import patchify
 from vasomim.models.unet import UNet
 
-__all__ = ["MaskedUNet", "masked_norm", "visible_grid", "is_unet_state", "load_pretrained_unet",
+__all__ = ["MaskedUNet", "masked_norm", "visible_grid", "is_unet_state", "unet_layout", "load_pretrained_unet",
            "export_unet_encoder", "unet_shipped_encoder"]
 
 
@@ -274,19 +276,45 @@ def load_pretrained_unet(model: UNet, state: dict, source: str, init_decoder: bo
     return notes
 
 
-def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
-                        dtype: torch.dtype | None = torch.float16) -> tuple[dict, str]:
-    """Write a U-Net checkpoint's encoder (``down.*``) to a safetensors file, plus ``encoder.json``.
+def unet_layout(state: Mapping[str, torch.Tensor], config: Mapping | None = None) -> dict:
+    """The shape of the U-Net whose encoder (``down.*``) is in ``state``.
 
     Args:
-        checkpoint: a ``vasomim pretrain`` checkpoint with ``model.arch: unet`` (or a U-Net
-            fine-tuning checkpoint).
-        out_path: the ``.safetensors`` file; ``encoder.json`` (architecture and input settings)
-            goes next to it.
+        state: a U-Net state dict (pre-training, fine-tuning or encoder file), wrappers stripped.
+        config: the checkpoint's config; its ``model`` (pre-training) or ``network`` (fine-tuning)
+            section names the norm, which the weights cannot tell apart for ``group`` and
+            ``instance``.
+
+    Returns:
+        ``{"in_chans", "base_channels", "levels", "norm"}``; without a config the norm is ``batch``
+        when the encoder keeps running statistics, else ``group``.
+    """
+    first = state["down.0.0.weight"]
+    levels = len({k.split(".")[1] for k in state if k.startswith("down.")}) - 1
+    config = config or {}
+    section = config.get("model") if isinstance(config.get("model"), Mapping) else config.get("network")
+    norm = (section if isinstance(section, Mapping) else {}).get("norm") or \
+        ("batch" if any(k.startswith("down.") and k.endswith("running_mean") for k in state) else "group")
+    return {"in_chans": int(first.shape[1]), "base_channels": int(first.shape[0]), "levels": levels, "norm": norm}
+
+
+def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
+                        dtype: torch.dtype | None = torch.float16) -> tuple[dict, str]:
+    """Write a U-Net checkpoint's encoder (``down.*``) to a file, plus its settings as ``.json`` beside it.
+
+    Args:
+        checkpoint: a ``vasomim pretrain`` checkpoint with ``model.arch: unet``, a U-Net
+            fine-tuning checkpoint, or an encoder file written here.
+        out_path: ``.safetensors`` writes safetensors, any other suffix a ``torch.save`` state
+            dict; the settings (architecture, shape, input size and normalisation) go to the same
+            path with the suffix ``.json`` (``encoder.json`` for ``encoder.safetensors``).
         dtype: floating-point tensors are cast to it (None: kept).
 
     Returns:
         (the tensors written, a one-line architecture description).
+
+    Raises:
+        ValueError: one line naming ``checkpoint`` when it holds no U-Net encoder.
     """
     from safetensors.torch import save_file
 
@@ -298,19 +326,24 @@ def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
         raise ValueError(f"{source}: holds no U-Net encoder (down.*)")
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
-    first = enc["down.0.0.weight"]
-    levels = len({k.split(".")[1] for k in enc}) - 1
-    norm = (config.get("model") or config.get("network") or {}).get("norm") or \
-        ("batch" if any(k.endswith("running_mean") for k in enc) else "group")
-    data = config.get("data") or {}
-    meta = {"architecture": "vasomim.models.unet.UNet", "part": "encoder (down blocks)",
-            "in_chans": first.shape[1], "base_channels": first.shape[0], "levels": levels, "norm": norm,
-            "input_size": data.get("img_size"), "mean": data.get("mean"), "std": data.get("std")}
+    layout = unet_layout(enc, config)
+    # the input convention: config["input"] of a fine-tuning checkpoint, config["data"] of a pre-training
+    section = next((s for s in (config.get("input"), config.get("data")) if isinstance(s, Mapping)), {})
+    size = section.get("size") or section.get("img_size")
+    mean, std = section.get("mean"), section.get("std")
+    if not mean or not std:
+        mean, std = TransformConfig(size=int(size or 224), channels=layout["in_chans"]).stats()
+    meta = {"architecture": "vasomim.models.unet.UNet", "part": "encoder (down blocks)", **layout,
+            "input_size": size, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
     out_path = Path(out_path)
-    save_file(enc, str(out_path))
-    (out_path.parent / "encoder.json").write_text(json.dumps(meta, indent=2) + "\n")
-    arch = (f"U-Net encoder, base {meta['base_channels']} channels, {levels} levels, {norm} norm, "
-            f"{meta['in_chans']} channel(s)")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".safetensors":
+        save_file(enc, str(out_path), metadata={"format": "pt", "naming": "vasomim UNet encoder (down.*)"})
+    else:
+        torch.save(enc, out_path)
+    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    arch = (f"U-Net encoder, base {layout['base_channels']} channels, {layout['levels']} levels, "
+            f"{layout['norm']} norm, {layout['in_chans']} channel(s)")
     return enc, arch
 
 

@@ -6,6 +6,7 @@ down, a resume after a kill equals an uninterrupted run, two gloo processes foll
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -314,3 +315,79 @@ def test_export_writes_the_unet_encoder_and_finetune_loads_it_bit_exactly(data, 
     assert main(["export", ckpt, "--to", str(tmp_path / "model.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {tmp_path / 'model.onnx'}: --to takes an encoder file") and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def untrained(data, pretrained, tmp_path_factory) -> Path:
+    """A randomly initialised MaskedUNet of the pre-training's shape, saved as a pre-training checkpoint."""
+    final = torch.load(pretrained / "checkpoint-final.pth", weights_only=True)
+    torch.manual_seed(1)
+    model = build_model(tiny_cfg(data, pretrained))
+    path = tmp_path_factory.mktemp("unet-untrained") / "untrained.pth"
+    torch.save({"model": model.state_dict(), "config": {**final["config"], "name": "untrained"}}, path)
+    return path
+
+
+def test_reconstruction_analysis_of_a_unet_checkpoint(data, pretrained, untrained, tmp_path, capsys):
+    """The MaskedUNet's own masked forward with the guided sampler: the trained U-Net reconstructs the
+    masked cells better than an untrained one, on the same images and masks."""
+    def analyse(ckpt: Path, name: str) -> dict:
+        out = tmp_path / name
+        assert main(["analyze", "reconstruction", str(ckpt), "--images", data["images"], "--anatomy",
+                     data["anatomy"], "--segmentor", data["segmentor"], "--out", str(out)]) == 0
+        assert (out / "reconstruction.png").stat().st_size > 0
+        return json.loads((out / "reconstruction.json").read_text())
+
+    trained, random_init = analyse(pretrained / "checkpoint-final.pth", "trained"), analyse(untrained, "untrained")
+    assert "unet_cpu: masked-patch PSNR" in capsys.readouterr().out
+    assert trained["image_ids"] == random_init["image_ids"] and len(trained["image_ids"]) == 4
+    assert trained["vessel_share_masked"] == random_init["vessel_share_masked"]  # the same masks
+    assert all(0 < s < 1 for s in trained["vessel_share_masked"])
+    assert {"consistency_bce", "consistency_dice"} <= set(trained["mean"])
+    # 3 epochs: 0.035 vs 0.037 (the sparse BatchNorms' running statistics are young after 18 steps)
+    assert trained["mean"]["masked_mse"] < random_init["mean"]["masked_mse"]
+
+    # the analysis reconstructs with the masked forward: the masked cells' pixels never reach the output
+    from vasomim.analysis.reconstruction import reconstruct
+    from vasomim.cli.analyze import load_pairs
+    from vasomim.models.checkpoints import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(pretrained / "checkpoint-final.pth", kind="mae")
+    images01, masks, _ = load_pairs(Path(data["images"]), Path(data["anatomy"]), (64, 64), 4)
+    first = reconstruct(model, images01, masks, 0.5, 0.5, seed=0)
+    hidden = reconstruct(model, images01 + first["pixel_mask"] * torch.rand_like(images01), masks, 0.5, 0.5, seed=0)
+    shown = reconstruct(model, images01 + (1 - first["pixel_mask"]) * 0.1, masks, 0.5, 0.5, seed=0)
+    assert torch.equal(hidden["decoded"], first["decoded"])
+    assert not torch.allclose(shown["decoded"], first["decoded"])
+
+
+def test_clustering_of_unet_cells(data, pretrained, untrained, tmp_path, capsys):
+    """One vector per 16-px cell of the unmasked image, the coarsest encoder level: the fine-tuning
+    U-Net's own bottleneck features; finite vessel vs background scores for both checkpoints."""
+    from vasomim.analysis.clustering import mae_encoder_forward
+    from vasomim.models.checkpoints import model_from_checkpoint
+    from vasomim.models.unet import UNet
+
+    ckpt = pretrained / "checkpoint-final.pth"
+    masked, _ = model_from_checkpoint(ckpt, kind="mae")
+    dense = UNet(1, 8, 4, norm="batch").eval()
+    dense.load_state_dict({k: v for k, v in masked.state_dict().items() if k.startswith("down.")}, strict=False)
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        cells = mae_encoder_forward(masked)(x)
+        feats = x
+        for i, block in enumerate(dense.down):
+            feats = block(feats if i == 0 else dense.pool(feats))
+    assert cells.shape == (2, 4 * 6, 128)
+    torch.testing.assert_close(cells, feats.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+    out = tmp_path / "clustering"
+    assert main(["analyze", "clustering", str(ckpt), str(untrained), "--images", data["images"], "--anatomy",
+                 data["anatomy"], "--max-images", "12", "--out", str(out)]) == 0
+    result = json.loads((out / "clustering.json").read_text())
+    assert set(result["models"]) == {"unet_cpu", "untrained"}
+    for scores in result["models"].values():
+        s = scores["embedding"]
+        assert s["n"] == 12 * 16 and 0 < s["n_vessel"] < s["n"]
+        assert all(math.isfinite(s[k]) for k in ("silhouette", "calinski_harabasz", "davies_bouldin"))
+    assert "model: unet_cpu  space: embedding" in capsys.readouterr().out

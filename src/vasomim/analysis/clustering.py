@@ -1,8 +1,9 @@
 """How well patch embeddings separate vessel-containing from background-only patches (Table 4).
 
 1. :func:`patch_embeddings`: run the encoder on full, unmasked images and keep one token per
-   patch (the class token and any other leading tokens are dropped); label each patch 1 when its
-   anatomy mask has vessel pixels in it (``f_i > 0`` of Eq. 2), else 0.
+   patch (the class token and any other leading tokens are dropped; for a masked U-Net, one
+   vector of its coarsest level per 16-pixel cell, see :func:`mae_encoder_forward`); label each
+   patch 1 when its anatomy mask has vessel pixels in it (``f_i > 0`` of Eq. 2), else 0.
 2. :func:`clustering_scores`: scikit-learn's silhouette score (higher is better, in [-1, 1]; the
    paper reports it x 10^-2), Calinski-Harabasz index (higher is better) and Davies-Bouldin index
    (lower is better), with the two labels as the clusters.
@@ -35,19 +36,35 @@ BACKGROUND_COLOUR = "#0072b2"
 
 
 def mae_encoder_forward(model) -> Callable:
-    """``images -> tokens`` for a :class:`~vasomim.models.mae.MaskedAutoencoderViT`: every patch visible.
+    """``images -> tokens`` for a pre-trained masked autoencoder, every patch visible.
+
+    * :class:`~vasomim.models.mae.MaskedAutoencoderViT`: the encoder output, class token first.
+    * :class:`~vasomim.models.unet_mim.MaskedUNet`: the coarsest encoder level (the bottleneck,
+      1 / ``patch_size`` of the input), one feature vector per ``patch_size``-pixel cell, row by
+      row: the U-Net's analogue of a ViT patch token.
 
     Returns:
-        a function mapping (B, C, H, W) images to (B, 1 + N, D) encoder outputs (class token
-        first), to pass to :func:`patch_embeddings`.
+        a function mapping (B, C, H, W) images to (B, T, D) tokens whose last N are the patches
+        in row-major order ((B, 1 + N, D) for the ViT, (B, N, D) for the U-Net), to pass to
+        :func:`patch_embeddings`.
     """
     import torch
 
-    def forward(images: torch.Tensor) -> torch.Tensor:
+    from vasomim.models.unet_mim import MaskedUNet
+
+    if isinstance(model, MaskedUNet):
+        def cell_features(images: torch.Tensor) -> torch.Tensor:
+            p = model.patch_size
+            visible = images.new_ones(images.shape[0], 1, images.shape[-2] // p, images.shape[-1] // p)
+            return model.encode(images, visible)[-1].flatten(2).transpose(1, 2)
+
+        return cell_features
+
+    def patch_tokens(images: torch.Tensor) -> torch.Tensor:
         ids_keep = torch.arange(model.num_patches, device=images.device).expand(images.shape[0], -1)
         return model.forward_encoder(images, ids_keep)
 
-    return forward
+    return patch_tokens
 
 
 def patch_embeddings(

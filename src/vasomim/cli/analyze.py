@@ -10,7 +10,10 @@
 Checkpoints are vasomim pre-training checkpoints (``model``: the MAE state dict, ``config``: plain
 data). The MAE is rebuilt from the state dict's shapes (width, depth, patch, channels, grid,
 decoder); what shapes cannot tell (attention heads, norm_pix) comes from the options, else the
-checkpoint's ``config["model"]``, else the ViT size table.
+checkpoint's ``config["model"]``, else the ViT size table. A U-Net pre-training checkpoint
+(``model.arch: unet``) gives its :class:`~vasomim.models.unet_mim.MaskedUNet`, which masks,
+reconstructs and embeds 16-pixel cells as the MAE does patches; its images are resized to
+``--img-size``, else the pre-training's ``data.img_size``.
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("reconstruction", help="original, masked input, reconstruction and the segmentor on both",
                        description="Mask a few images with the anatomy-guided sampler, reconstruct them with a "
-                                   "pre-trained MAE and, with --segmentor, show what the consistency loss compares.")
-    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="vasomim pre-training checkpoint")
+                                   "pre-trained MAE or masked U-Net and, with --segmentor, show what the "
+                                   "consistency loss compares.")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="vasomim pre-training checkpoint (ViT or U-Net)")
     _data(p, default_max=4)
     p.add_argument("--segmentor", type=Path, help="UNeXt-S segmentor weights (state dict or checkpoint)")
     p.add_argument("--ratio", type=float, default=0.5, help="masking ratio gamma (default: 0.5)")
@@ -66,10 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_reconstruction)
 
     p = sub.add_parser("clustering", help="vessel vs background clustering of patch embeddings (Table 4)",
-                       description="Embed every patch of the images with each checkpoint's encoder and score how well "
+                       description="Embed every patch of the images with each checkpoint's encoder (a U-Net: "
+                                   "each 16-px cell of its coarsest encoder level) and score how well "
                                    "vessel-containing and background-only patches cluster (silhouette, "
                                    "Calinski-Harabasz, Davies-Bouldin; also on a 2-D UMAP when umap-learn is installed).")
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT", help="vasomim pre-training checkpoints")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT",
+                   help="vasomim pre-training checkpoints (ViT or U-Net)")
     _data(p, default_max=64)
     _model(p)
     _out(p)
@@ -109,7 +116,9 @@ def _model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (when the checkpoint's config does not say)")
     g.add_argument("--num-heads", type=int, help="encoder attention heads")
     g.add_argument("--decoder-num-heads", type=int, help="decoder attention heads")
-    g.add_argument("--img-size", type=int, help="input side when the patch grid is not square-derivable")
+    g.add_argument("--img-size", type=int, help="input side when the patch grid is not square-derivable; for a "
+                                                 "U-Net checkpoint the side images are resized to (default: its "
+                                                 "data.img_size)")
     g.add_argument("--norm-pix", choices=["yes", "no"], help="the decoder predicts per-patch normalised pixels")
     g.add_argument("--mean", type=float, nargs="+", help="the MAE's input normalisation mean (default: the data defaults)")
     g.add_argument("--std", type=float, nargs="+", help="the MAE's input normalisation std")
@@ -124,11 +133,19 @@ def _fail(command: str, message: str) -> int:
 
 
 def load_mae(path: Path, args: argparse.Namespace):
-    """Rebuild the MAE of a pre-training checkpoint; returns ``(model, label, mean, std)``.
+    """Rebuild the MAE (or masked U-Net) of a pre-training checkpoint.
 
     Shapes come from the state dict; heads / norm_pix / mean / std from ``args``, then the
     checkpoint's config, then defaults (ViT size table by width, MAE's 16 decoder heads, the
     data pipeline's normalisation for the channel count).
+
+    Returns:
+        ``(model, label, mean, std, size)``: ``size`` is the (H, W) the images are resized to, the
+        ViT's input size, or for a U-Net ``--img-size``, else the pre-training's ``data.img_size``.
+
+    Raises:
+        ValueError: one line naming the file when it is no pre-training checkpoint, or when a
+            U-Net's image size is known neither from ``--img-size`` nor from its config.
     """
     from vasomim.data.transforms import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
     from vasomim.models.checkpoints import model_from_checkpoint
@@ -141,7 +158,14 @@ def load_mae(path: Path, args: argparse.Namespace):
     mean = tuple(args.mean or data_cfg.get("mean") or default_mean)
     std = tuple(args.std or data_cfg.get("std") or default_std)
     label = str(config.get("name") or path.stem)
-    return model, label, mean, std
+    if hasattr(model, "patch_embed"):
+        return model, label, mean, std, tuple(model.patch_embed.img_size)
+    side = args.img_size or data_cfg.get("img_size")
+    if not side:
+        raise ValueError(f"{path}: the U-Net checkpoint does not record its image size; give --img-size")
+    if side % model.patch_size:
+        raise ValueError(f"{path}: image size {side} is not divisible by the U-Net's cell of {model.patch_size} px")
+    return model, label, mean, std, (int(side), int(side))
 
 
 def load_pairs(images: Path, anatomy: Path, size: tuple[int, int], limit: int):
@@ -225,8 +249,8 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     from vasomim.analysis.reconstruction import reconstruction_panel
 
     try:
-        model, label, mean, std = load_mae(args.checkpoint, args)
-        images01, masks, ids = load_pairs(args.images, args.anatomy, model.patch_embed.img_size, args.max_images)
+        model, label, mean, std, size = load_mae(args.checkpoint, args)
+        images01, masks, ids = load_pairs(args.images, args.anatomy, size, args.max_images)
         segmentor = _load_segmentor(args.segmentor) if args.segmentor else None
     except (FileNotFoundError, ValueError) as exc:
         return _fail("reconstruction", str(exc))
@@ -234,7 +258,8 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     numbers = reconstruction_panel(model, segmentor, images01, masks, args.ratio, args.beta, args.seed, out,
                                    mean=mean, std=std, image_ids=ids)
     means = numbers["mean"]
-    line = f"{label}: masked-patch PSNR {means['masked_psnr']:.2f} dB over {len(ids)} images"
+    line = (f"{label}: masked-patch PSNR {means['masked_psnr']:.2f} dB (MSE {means['masked_mse']:.4f}) "
+            f"over {len(ids)} images")
     if "consistency_bce" in means:
         line += f", consistency BCE {means['consistency_bce']:.4f}, Dice S(I') vs S(I) {means['consistency_dice']:.3f}"
     print(line)
@@ -258,8 +283,8 @@ def run_clustering(args: argparse.Namespace) -> int:
     embeddings = {}
     try:
         for path in args.checkpoints:
-            model, label, mean, std = load_mae(path, args)
-            images01, masks, _ = load_pairs(args.images, args.anatomy, model.patch_embed.img_size, args.max_images)
+            model, label, mean, std, size = load_mae(path, args)
+            images01, masks, _ = load_pairs(args.images, args.anatomy, size, args.max_images)
             shape = (1, -1, 1, 1)
             x = (images01.expand(-1, model.in_chans, -1, -1) - torch.tensor(mean).reshape(shape)) / torch.tensor(std).reshape(shape)
             while label in embeddings:

@@ -315,7 +315,8 @@ MODEL_FORMAT = "vasomim-segmentation"
 #: What :func:`model_from_checkpoint` rebuilds, and what it calls each kind in messages.
 KINDS = {"segmentation": "a vasomim segmentation checkpoint (no config.network/input); use one written by "
                          "`vasomim finetune`",
-         "mae": "an MAE checkpoint (no patch_embed.proj.weight / decoder_pred.weight)",
+         "mae": "an MAE checkpoint (no patch_embed.proj.weight / decoder_pred.weight, nor a masked U-Net's "
+                "down.* / mask_tokens.* / rec_head.weight)",
          "segmentor": "a UNeXt-S segmentor checkpoint (no encoder1.weight / final.weight)"}
 
 
@@ -323,12 +324,15 @@ def checkpoint_kind(state: Mapping[str, torch.Tensor], config: Mapping | None) -
     """Which network a checkpoint holds, from its keys (None when it is none of :data:`KINDS`).
 
     ``segmentation``: a config with ``network`` and ``input`` (``vasomim finetune``); ``mae``: an
-    MAE state dict (encoder and ``decoder_pred``); ``segmentor``: a UNeXt-S state dict.
+    MAE state dict (encoder and ``decoder_pred``), or a masked U-Net's (``model.arch: unet``:
+    ``down.*``, ``mask_tokens.*``, ``rec_head``); ``segmentor``: a UNeXt-S state dict.
     """
     if isinstance(config, Mapping) and "network" in config and "input" in config:
         return "segmentation"
     if "patch_embed.proj.weight" in state and "decoder_pred.weight" in state:
         return "mae"
+    if "rec_head.weight" in state and "mask_tokens.0" in state and "down.0.0.weight" in state:
+        return "mae"  # the masked U-Net (vasomim.models.unet_mim.MaskedUNet), called like the MAE
     if "encoder1.weight" in state and "final.weight" in state:
         return "segmentor"
     return None
@@ -404,7 +408,10 @@ def model_from_checkpoint(source: str | Path, kind: str | None = "segmentation",
       ``config["network"]``; also from an exported model folder (``model.safetensors`` +
       ``config.json``, no pickle);
     * ``mae``: the MAE of a pre-training checkpoint (:func:`_mae`; ``hints`` may give
-      ``num_heads``, ``decoder_num_heads``, ``img_size``, ``norm_pix_loss``);
+      ``num_heads``, ``decoder_num_heads``, ``img_size``, ``norm_pix_loss``), or the
+      :class:`~vasomim.models.unet_mim.MaskedUNet` of a ``model.arch: unet`` pre-training
+      (``hints`` may give ``norm_pix_loss``; the shape comes from the weights, the norm from the
+      config);
     * ``segmentor``: the UNeXt-S of the consistency loss (a published plain state dict or a
       ``vasomim train-segmentor`` checkpoint).
 
@@ -440,6 +447,11 @@ def model_from_checkpoint(source: str | Path, kind: str | None = "segmentation",
         raise ValueError(f"{path}: not {what}")
     if found == "segmentation":
         model, fits = build_segmentation_model(**config["network"]), "the network in its config"
+    elif found == "mae" and "rec_head.weight" in state:
+        # unet_mim imports this module at its top: a real circle, so this import stays here
+        from vasomim.models.unet_mim import masked_unet_from_state
+
+        model, fits = masked_unet_from_state(state, config, hints, str(path)), "the rebuilt masked U-Net"
     elif found == "mae":
         model, fits = _mae(state, config, hints or {}, str(path)), "the rebuilt MAE"
     else:

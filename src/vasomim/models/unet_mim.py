@@ -47,8 +47,8 @@ from vasomim.models.checkpoints import load_checkpoint, read_state_dict, strip_w
 from vasomim.models.mae import patchify
 from vasomim.models.unet import UNet
 
-__all__ = ["MaskedUNet", "masked_norm", "visible_grid", "is_unet_state", "unet_layout", "load_pretrained_unet",
-           "export_unet_encoder", "unet_shipped_encoder"]
+__all__ = ["MaskedUNet", "masked_norm", "visible_grid", "is_unet_state", "is_masked_unet_state", "unet_layout",
+           "masked_unet_from_state", "load_pretrained_unet", "export_unet_encoder", "unet_shipped_encoder"]
 
 
 def visible_grid(ids_keep: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -296,6 +296,33 @@ def unet_layout(state: Mapping[str, torch.Tensor], config: Mapping | None = None
     norm = (section if isinstance(section, Mapping) else {}).get("norm") or \
         ("batch" if any(k.startswith("down.") and k.endswith("running_mean") for k in state) else "group")
     return {"in_chans": int(first.shape[1]), "base_channels": int(first.shape[0]), "levels": levels, "norm": norm}
+
+
+def is_masked_unet_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """A :class:`MaskedUNet` state dict (a ``vasomim pretrain`` checkpoint with ``model.arch: unet``)."""
+    return is_unet_state(state) and "rec_head.weight" in state and "mask_tokens.0" in state
+
+
+def masked_unet_from_state(state: Mapping[str, torch.Tensor], config: Mapping | None, hints: Mapping | None,
+                           source: str) -> MaskedUNet:
+    """The (untrained) :class:`MaskedUNet` a pre-training state dict fits, for the analyses.
+
+    Args:
+        state: the checkpoint's state dict, wrappers stripped.
+        config: the checkpoint's config (norm, ``norm_pix_loss``); None or ``{}`` when it has none.
+        hints: ``norm_pix_loss`` when the caller knows better than the config.
+        source: the file, for messages.
+
+    Raises:
+        ValueError: one line naming ``source`` when the state is no masked U-Net.
+    """
+    if not is_masked_unet_state(state):
+        raise ValueError(f"{source}: not a U-Net pre-training checkpoint (no down.*, mask_tokens.* and rec_head.*)")
+    layout = unet_layout(state, config)
+    model_cfg = (config or {}).get("model") if isinstance((config or {}).get("model"), Mapping) else {}
+    norm_pix = (hints or {}).get("norm_pix_loss")
+    norm_pix = bool(model_cfg.get("norm_pix_loss", False)) if norm_pix is None else bool(norm_pix)
+    return MaskedUNet(layout["in_chans"], layout["base_channels"], layout["levels"], layout["norm"], norm_pix)
 
 
 def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,

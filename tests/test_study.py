@@ -104,7 +104,7 @@ def test_dry_run_and_bad_arm(data, tmp_path, capsys):
 
 def test_a_cnn_unet_pretraining_arm_runs_through_the_study_and_its_report(data, tmp_path):
     """VasoMIM for the CNN U-Net as a study arm: pre-trained, fine-tuned from, in the tables and the
-    Fig. 3a curve; the ViT-only figures are drawn from the ViT arm."""
+    Fig. 3a curve and the clustering table; the reconstructions come from the first guided arm."""
     unet = {"arch": "unet", "base_channels": 4, "levels": 2, "norm": "batch", "patch_size": 4}
     cfg = tiny_study(data).model_copy(update={
         "out": str(tmp_path / "s"),
@@ -118,6 +118,8 @@ def test_a_cnn_unet_pretraining_arm_runs_through_the_study_and_its_report(data, 
     assert (report.parent / "figures" / "vessel_share.png").is_file()
     assert (report.parent / "figures" / "reconstructions.png").is_file()  # from the ViT arm
     assert "Clustering of patch embeddings" in md and "Analyses could not be produced" not in md
+    clustering = md.split("Clustering of patch embeddings")[1]
+    assert "unet_vasomim" in clustering and "vasomim" in clustering.replace("unet_vasomim", "")
 
 
 def test_held_out_set_is_scored_by_every_arm_and_the_frangi_rows(data, tmp_path):
@@ -152,8 +154,13 @@ def test_example_studies_are_valid(tmp_path):
         for over in cfg.pretrain_arms.values():
             values = deep_merge(deep_merge(cfg.pretrain, over), {"data": {"images": "x", "anatomy": "y"},
                                                                 "consistency": {"segmentor": None}})
+            synthetic = values.pop("synthetic", None)  # the study turns it into a corpus spec
+            if synthetic:
+                assert set(synthetic) <= {"count", "size", "seed", "share", "preset", "config"}, path
             PretrainConfig.model_validate(values)
         for over in cfg.finetune_arms.values():
+            over = dict(over)
+            assert set(over.pop("label_fractions", cfg.label_fractions)) <= set(cfg.label_fractions), path
             FinetuneConfig.model_validate(deep_merge(deep_merge(cfg.finetune, over), {"data": "x"}))
 
 

@@ -199,7 +199,7 @@ def _labelled_batch(cfg, size: int, n: int):
 
 
 def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
-    pre = graph["pretrain"]
+    pre = {a: s for a, s in graph["pretrain"].items() if s.outputs(root) is not None}  # `only` may skip some
     if not pre:
         return
     curves = vessel_share_curves({arm: s.outputs(root)["run_dir"] for arm, s in pre.items()})
@@ -208,10 +208,7 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
                    "epoch (Fig. 3a). Guided masking raises it as beta grows; random masking stays at the share of "
                    "vessel patches in the images (dashed).")
 
-    # the model figures read ViT MAEs; a CNN U-Net arm (model.arch: unet) has its Fig. 3a curve only
-    pre = {a: s for a, s in pre.items() if s.config.get("model", {}).get("arch", "vit") == "vit"}
-    if not pre:
-        return
+    # ViT and CNN U-Net arms alike (a U-Net embeds one vector per 16-px cell of its coarsest level)
     guided = next((a for a, s in pre.items() if s.config.get("masking", {}).get("beta_E", 0.5) > 0), None)
     ref_arm = guided or next(iter(pre))
     model, pcfg = _load_mae(pre[ref_arm], root)

@@ -71,7 +71,7 @@ def scores_from_summary(path: str) -> dict:
 
 def run_ship(args: argparse.Namespace) -> int:
     from vasomim.config import load_yaml
-    from vasomim.shipped import ship
+    from vasomim.models.ship import ship
 
     try:
         card = load_yaml(args.card)

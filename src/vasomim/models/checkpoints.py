@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
@@ -28,6 +29,7 @@ from vasomim.models.unext import UNeXt
 from vasomim.models.vit import VIT_SIZES
 
 __all__ = [
+    "write_tensors",
     "ENCODER_KEYS",
     "KINDS",
     "LoadReport",
@@ -127,8 +129,6 @@ def load_checkpoint(path: str | Path) -> object:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
@@ -180,6 +180,18 @@ def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torc
     if not state:
         raise ValueError(f"{source}: holds no tensors (keys: {list(obj)[:8]})")
     return state, source
+
+
+def write_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, naming: str) -> Path:
+    """Write a flat tensor dict: safetensors for a ``.safetensors`` path (``naming`` in its metadata),
+    else ``torch.save``; the parent folder is created. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(dict(tensors), str(path), metadata={"format": "pt", "naming": naming})
+    else:
+        torch.save(dict(tensors), path)
+    return path
 
 
 def split_encoder(
@@ -340,8 +352,6 @@ def checkpoint_kind(state: Mapping[str, torch.Tensor], config: Mapping | None) -
 
 def _read_model_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The weights and config of an exported model folder (``model.safetensors`` + ``config.json``)."""
-    from safetensors.torch import load_file
-
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vasomim.data.transforms import TransformConfig
-from vasomim.models.checkpoints import MODEL_FORMAT, adapt_patch_embed, read_state_dict, split_encoder
+from vasomim.models.checkpoints import MODEL_FORMAT, adapt_patch_embed, read_state_dict, split_encoder, write_tensors
 
 __all__ = ["encoder_pretrained_cfg", "export_encoder", "export_model_folder", "export_onnx"]
 
@@ -65,13 +65,7 @@ def export_encoder(
         encoder["patch_embed.proj.weight"] = adapt_patch_embed(encoder["patch_embed.proj.weight"],
                                                                in_chans)
     tensors = _cast({k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.items()}, dtype)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".safetensors":
-        save_file(tensors, str(out), metadata={"format": "pt", "naming": "timm VisionTransformer"})
-    else:
-        torch.save(tensors, out)
-    return out
+    return write_tensors(tensors, out_path, "timm VisionTransformer")
 
 
 def encoder_pretrained_cfg(architecture: str, config: Mapping | None, in_chans: int,

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vasomim.data.transforms import TransformConfig
-from vasomim.models.checkpoints import load_checkpoint, read_state_dict, strip_wrappers
+from vasomim.models.checkpoints import load_checkpoint, read_state_dict, strip_wrappers, write_tensors
 from vasomim.models.mae import patchify
 from vasomim.models.unet import UNet
 
@@ -343,8 +343,6 @@ def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
     Raises:
         ValueError: one line naming ``checkpoint`` when it holds no U-Net encoder.
     """
-    from safetensors.torch import save_file
-
     state, source = read_state_dict(checkpoint)
     state = strip_wrappers(state)
     enc = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
@@ -362,12 +360,7 @@ def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
         mean, std = TransformConfig(size=int(size or 224), channels=layout["in_chans"]).stats()
     meta = {"architecture": "vasomim.models.unet.UNet", "part": "encoder (down blocks)", **layout,
             "input_size": size, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if out_path.suffix == ".safetensors":
-        save_file(enc, str(out_path), metadata={"format": "pt", "naming": "vasomim UNet encoder (down.*)"})
-    else:
-        torch.save(enc, out_path)
+    out_path = write_tensors(enc, out_path, "vasomim UNet encoder (down.*)")
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     arch = (f"U-Net encoder, base {layout['base_channels']} channels, {layout['levels']} levels, "
             f"{layout['norm']} norm, {layout['in_chans']} channel(s)")

@@ -269,19 +269,13 @@ def _run_finetune(d: Path, config: dict, deps: dict, only: StudyPart | None = No
     values["init"] = _resolve_init(values.get("init", "scratch"), deps)
     values["out"] = str(d)
     cfg = FinetuneConfig.model_validate(values)
-    runs = None
-    if only is not None and (only.seeds is not None or only.folds is not None):
-        folds = [f for f in range(cfg.folds) if cfg.only_folds is None or f in cfg.only_folds]
-        every = {(s, f) for s in cfg.seeds for f in folds}
-        started = {(int(p.parent.parent.name[4:]), int(p.parent.name[4:])) for p in d.glob("seed*/fold*/last.pth")}
-        runs = {(s, f) for s, f in every
-                if (only.seeds is None or s in only.seeds) and (only.folds is None or f in only.folds)} | (started & every)
-        if runs == every:
-            runs = None
-    summary = finetune(cfg, resume=any(d.glob("seed*/fold*/last.pth")), runs=runs)
+    started = {(int(p.parent.parent.name[4:]), int(p.parent.name[4:])) for p in d.glob("seed*/fold*/last.pth")}
+    every = _planned_runs(cfg.seeds, cfg.folds, cfg.only_folds)
+    runs = _chosen_runs(every, only) | (started & every)
+    summary = finetune(cfg, resume=bool(started), runs=None if runs == every else runs)
     out = {"metrics": summary["metrics"], "runs": summary["runs"], "per_image": str(d / "per_image.csv"),
            "wall_s": summary["wall_s"]}
-    if runs is not None:
+    if runs != every:
         out.update(partial=True, n_runs_planned=len(every))
     return out
 
@@ -339,20 +333,29 @@ def _finetune_minutes(v: dict, n_labelled: int) -> float:
     train = n_labelled * ((folds - 1) / folds if folds > 1 else 1.0 - float(v.get("val_fraction", 0.2)))
     if v.get("val_data") is not None:
         train = n_labelled
-    runs = len(v.get("only_folds") or range(folds)) * len(v.get("seeds", [0]))
+    runs = len(_planned_runs(v.get("seeds", [0]), folds, v.get("only_folds")))
     kind = "finetune_unet" if v.get("arch") == "unet" else "finetune_vit"
     return runs * _cpu_minutes(kind, max(1.0, train * float(v.get("label_fraction", 1.0))), int(v.get("epochs", 100)),
                                int(v.get("img_size", 224)), v.get("size", "base"))
 
 
+def _planned_runs(seeds: list[int], folds: int, only_folds: list[int] | None) -> set[tuple[int, int]]:
+    """The (seed, fold) runs of a fine-tune config: its seeds x its folds (``only_folds`` when set)."""
+    return {(s, f) for s in seeds for f in range(folds) if only_folds is None or f in only_folds}
+
+
+def _chosen_runs(runs: set[tuple[int, int]], only: StudyPart | None) -> set[tuple[int, int]]:
+    """The runs ``only`` selects for this session (all without it)."""
+    if only is None:
+        return set(runs)
+    return {(s, f) for s, f in runs
+            if (only.seeds is None or s in only.seeds) and (only.folds is None or f in only.folds)}
+
+
 def _share(v: dict, only: StudyPart | None) -> float:
     """The share of a fine-tune stage's runs that ``only`` selects (for the cost estimate)."""
-    if only is None:
-        return 1.0
-    seeds = v.get("seeds", [0])
-    folds = v.get("only_folds") or list(range(int(v.get("folds", 1))))
-    s = len([x for x in seeds if only.seeds is None or x in only.seeds]) / len(seeds)
-    return s * len([f for f in folds if only.folds is None or f in only.folds]) / len(folds)
+    every = _planned_runs(v.get("seeds", [0]), int(v.get("folds", 1)), v.get("only_folds"))
+    return len(_chosen_runs(every, only)) / len(every)
 
 
 def build_stages(cfg: StudyConfig) -> dict[str, Any]:

@@ -107,3 +107,13 @@ def test_finetune_init_from_a_shipped_encoder(trained, tmp_path, monkeypatch):
     w, w_ref = model.encoder.blocks[0].attn.qkv.weight, ref.encoder.blocks[0].attn.qkv.weight
     assert torch.equal(w, w_ref.half().float())  # the fp16 weights, read back exactly
     assert finetune(cfg, progress=False)["n_runs"] == 1
+
+
+def test_the_registry_does_not_load_torch():
+    """`vasomim models` reads cards only: importing the registry must not pull in torch (writing a
+    shipped folder lives in vasomim.models.ship)."""
+    import subprocess
+    import sys
+
+    code = "import sys, vasomim.shipped; assert 'torch' not in sys.modules, 'torch loaded'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -26,11 +26,18 @@ Sections:
    and the cosine between the variants' and fp32's gradients.
 4. CPU fine-tuning step (`--sections finetune`): the fine-tuning engine's step (ViT U-Net with
    ViT-Tiny, and the CNN U-Net), fp32 vs bf16 autocast, at every `--cpu-threads` count.
+5. The CNN U-Net's pre-training step (`--sections unet`): the trainer's step for the masked U-Net
+   (SparK-style, the study's `unet_mae` and `unet_vasomim` arms: 16 x 4 levels, batch norm, 128 px,
+   batch 32), as it runs now (channels-last model and input; dense decoder norms run
+   nn.BatchNorm2d itself on one process) against the reference it replaced (default layout;
+   every training-mode BatchNorm through the hand-written statistics, the path DDP still runs),
+   interleaved, with the losses and the gradient cosine of the first call.
 
     python benchmarks/bench_pretrain.py --threads 1                      # CPU: tiny and small
     python benchmarks/bench_pretrain.py --batch-size 256 --img-size 224 --gamma 0.5 --beta 0.5
     python benchmarks/bench_pretrain.py --device cuda --size base --batch-size 256 --amp bf16
     python benchmarks/bench_pretrain.py --sections cpu --cpu-threads 1 2
+    python benchmarks/bench_pretrain.py --sections unet --threads 1
 """
 
 from __future__ import annotations
@@ -441,6 +448,97 @@ def bench_cpu(args: argparse.Namespace) -> None:
             del built
 
 
+# -- section 5: the CNN U-Net's pre-training step
+
+
+def _reference_dense_batch_norm(layer: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BatchNorm through the hand-written statistics (what every dense decoder norm
+    of the masked U-Net ran before section 5): two-pass moments, then the running-stat update."""
+    from vasomim.models.unet_mim import _moments
+
+    c = x.shape[1]
+    mean, var, count = _moments(x, torch.ones_like(x[:, :1]), (0, 2, 3), sync=False)
+    scale = torch.rsqrt(var + layer.eps) * layer.weight.view(1, c, 1, 1)
+    with torch.no_grad():
+        layer.num_batches_tracked.add_(1)
+        n = count.reshape(-1)[0]
+        layer.running_mean.lerp_(mean.reshape(c), layer.momentum)
+        layer.running_var.lerp_(var.reshape(c) * n / (n - 1).clamp_min(1), layer.momentum)
+    return x * scale + (layer.bias.view(1, c, 1, 1) - mean * scale)
+
+
+def build_unet_step(variant: str, args: argparse.Namespace) -> dict:
+    """The trainer's U-Net pre-training step (VasoMIM arm with a random UNeXt-S) as `variant` runs it:
+    ``now`` (the engine's layout and norms) or ``reference`` (the default layout, hand-written norms)."""
+    from vasomim.engines.pretrain import (ConsistencyConfig, DataConfig, MaskingConfig, ModelConfig,
+                                          PretrainConfig, build_model, build_optimizer, mask_and_forward)
+    from vasomim.models.unet_mim import MaskedUNet
+    from vasomim.models.unext import UNeXt, frozen_for_inference
+
+    size, batch = args.unet_img_size, args.unet_batch_size
+    cfg = PretrainConfig(
+        data=DataConfig(img_size=size),
+        model=ModelConfig(arch="unet", base_channels=16, levels=4, norm="batch", patch_size=16),
+        masking=MaskingConfig(mask_ratio=args.gamma, beta_0=args.beta, beta_E=args.beta),
+        consistency=ConsistencyConfig(weight=1.0))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert isinstance(model, MaskedUNet)
+    layout = torch.channels_last if variant == "now" else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    if variant == "reference":
+        def block(blk, x, visible, _orig=model._block):
+            if visible is not None:
+                return _orig(blk, x, visible)
+            for layer in blk:
+                x = _reference_dense_batch_norm(layer, x) if isinstance(layer, torch.nn.BatchNorm2d) else layer(x)
+            return x
+        model._block = block
+    segmentor = frozen_for_inference(UNeXt())
+    optimizer = build_optimizer(model, cfg, 1e-4, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(batch, 1, size, size, generator=gen).contiguous(memory_format=layout)
+    anatomy = random_anatomy_masks(batch, size)
+    mask_gen = torch.Generator().manual_seed(1)
+
+    def forward_backward() -> dict[str, torch.Tensor]:
+        out = mask_and_forward(model, segmentor, imgs, anatomy, cfg, args.beta, mask_gen)
+        out["loss"].backward()
+        return out
+
+    first = forward_backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    optimizer.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        forward_backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return {"step": step, "rec": first["rec"].item(), "cons": first["cons"].item(), "grad": grad}
+
+
+def bench_unet(args: argparse.Namespace) -> None:
+    """Section 5: the masked U-Net's pre-training step, now against the reference it replaced."""
+    size, batch = args.unet_img_size, args.unet_batch_size
+    print(f"\n== CNN U-Net pre-training step (16 x 4, batch norm), {size} px, batch {batch}, gamma {args.gamma}, "
+          f"beta {args.beta}, consistency on; {args.warmup} warm-up + {args.step_repeats} timed steps per variant, "
+          f"interleaved; {torch.get_num_threads()} thread(s)")
+    built = {v: build_unet_step(v, args) for v in ("reference", "now")}
+    for _ in range(args.warmup - 1):
+        for b in built.values():
+            b["step"]()
+    wall, cpu = time_interleaved_cpu({k: b["step"] for k, b in built.items()}, args.step_repeats)
+    ref = built["reference"]
+    print(f"     {'variant':<12}{'ms/step':>9}{'img/s':>7}{'x ref':>7}{'cpu ms':>8}{'x ref':>7}{'rec rel':>9}"
+          f"{'cons rel':>9}{'grad cos':>10}")
+    for key, b in built.items():
+        cos = torch.nn.functional.cosine_similarity(b["grad"].double(), ref["grad"].double(), dim=0).item()
+        print(f"     {key:<12}{wall[key] * 1e3:>9.0f}{batch / wall[key]:>7.1f}{wall['reference'] / wall[key]:>7.2f}"
+              f"{cpu[key] * 1e3:>8.0f}{cpu['reference'] / cpu[key]:>7.2f}{_rel(b['rec'], ref['rec']):>9.1e}"
+              f"{_rel(b['cons'], ref['cons']):>9.1e}{cos:>10.6f}")
+
+
 def bench_finetune_cpu(args: argparse.Namespace) -> None:
     """Section 4: a fine-tuning step (forward, Dice + BCE, backward, AdamW) on CPU, fp32 vs bf16.
 
@@ -501,7 +599,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--sections", nargs="+", choices=("masking", "step", "cpu", "finetune"), default=["masking", "step"])
+    parser.add_argument("--sections", nargs="+", choices=("masking", "step", "cpu", "finetune", "unet"), default=["masking", "step"])
     parser.add_argument("--size", nargs="+", default=None,
                         help="ViT sizes of section 2 (default: tiny small on CPU, base on CUDA)")
     parser.add_argument("--step-batch-size", type=int, default=None,
@@ -519,6 +617,8 @@ def main() -> None:
                         help="section 3: arms")
     parser.add_argument("--ft-img-size", type=int, default=128, help="section 4: fine-tuning window")
     parser.add_argument("--ft-batch-size", type=int, default=4, help="section 4: fine-tuning batch")
+    parser.add_argument("--unet-img-size", type=int, default=128, help="section 5: pre-training size")
+    parser.add_argument("--unet-batch-size", type=int, default=32, help="section 5: pre-training batch")
     args = parser.parse_args()
     on_cuda = args.device.startswith("cuda")
     args.size = args.size or (["base"] if on_cuda else ["tiny", "small"])
@@ -535,6 +635,8 @@ def main() -> None:
         bench_cpu(args)
     if "finetune" in args.sections:
         bench_finetune_cpu(args)
+    if "unet" in args.sections:
+        bench_unet(args)
 
 
 if __name__ == "__main__":

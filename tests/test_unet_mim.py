@@ -94,6 +94,23 @@ def test_sparse_batch_norm_uses_the_visible_pixels_of_the_batch():
     assert torch.allclose(masked_norm(bn, x, visible), bn(x) * visible, atol=1e-6)
 
 
+def test_dense_batchnorm_statistics_path_matches_torch_batchnorm():
+    # a dense tensor runs nn.BatchNorm2d itself on one process; the hand-written statistics (the
+    # path DDP runs, summing over processes) must give the same output and running statistics
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, 6).contiguous(memory_format=torch.channels_last) * 2 + 0.5
+    fast, manual = nn.BatchNorm2d(5), nn.BatchNorm2d(5)
+    nn.init.normal_(fast.weight)
+    nn.init.normal_(fast.bias)
+    manual.load_state_dict(fast.state_dict())
+    out_fast = masked_norm(fast, x, None)
+    out_manual = masked_norm(manual, x, torch.ones(3, 1, 7, 6))
+    assert torch.allclose(out_fast, out_manual, atol=1e-5)
+    assert torch.allclose(fast.running_mean, manual.running_mean, atol=1e-6)
+    assert torch.allclose(fast.running_var, manual.running_var, atol=1e-5)
+    assert fast.num_batches_tracked.item() == manual.num_batches_tracked.item() == 1
+
+
 @pytest.mark.parametrize("kind", ["group", "instance"])
 def test_sparse_group_and_instance_norms_use_each_samples_visible_pixels(kind):
     torch.manual_seed(0)

@@ -21,6 +21,7 @@ from vasomim.cli import main
 from vasomim.config import CONFIG_DIR, build_config
 from vasomim.engines import pretrain as engine
 from vasomim.engines.finetune import FinetuneConfig, build_network, initialize, network_config
+from vasomim.engines.common import seed_everything
 from vasomim.engines.pretrain import PretrainConfig, build_model, pretrain
 
 UNET_CPU = CONFIG_DIR / "pretrain" / "unet_cpu.yaml"
@@ -258,14 +259,22 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(data, tmp
     for a, b in zip(ddp, single):
         assert (a["vessel_share_masked"], a["beta"]) == (b["vessel_share_masked"], b["beta"])
         for key in ("loss", "rec", "cons"):
-            assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), (a["epoch"], key)
+            # channels-last convolutions sum in an order that depends on the batch (4 per process
+            # against 8): ~2e-5 by the third epoch; a wrong sample, mask or gradient shows as 1e-2
+            assert a[key] == pytest.approx(b[key], abs=5e-5, rel=0), (a["epoch"], key)
     a = torch.load(tmp_path / "ddp" / "checkpoint-final.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "single" / "checkpoint-final.pth", weights_only=True)["model"]
     assert a.keys() == b.keys()
+    cfg = build_config(PretrainConfig, UNET_CPU, [*settings, "batch_size=8", f"out={tmp_path / 'single'}"])
+    seed_everything(cfg.seed)
+    init = build_model(cfg).state_dict()  # the weights both runs started from
     for key in a:
-        # 1e-4 is 3% of one Adam step at lr 3e-3: the norms' backward turns the order of float sums
-        # into ~1e-5 relative gradient noise, and Adam's normalised steps carry it into the weights
-        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-4), key
+        # within 3% of how far training moved each tensor (measured: under 1%): the order of float
+        # sums (the norms' backward, channels-last convolutions at batch 4 against 8) gives ~1e-5
+        # relative gradient noise, which Adam's normalised steps carry into the weights; a wrong
+        # sample, mask or gradient average moves them as far as training does
+        moved = (b[key].double() - init[key].double()).norm()
+        assert (a[key].double() - b[key].double()).norm() <= 0.03 * moved, key
 
 
 # ----------------------------------------------------------------------------- the tools: export and analyses

@@ -71,9 +71,14 @@ def visible_grid(ids_keep: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[
     return (1 - mask).reshape(b, 1, *grid)
 
 
+def _distributed() -> bool:
+    """More than one DDP process: batch statistics are then summed over the processes."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _sum_over_processes(t: torch.Tensor) -> torch.Tensor:
     """Sum over DDP processes, with a gradient (identity when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         from torch.distributed.nn.functional import all_reduce
 
         return all_reduce(t)
@@ -110,8 +115,8 @@ def masked_norm(layer: nn.Module, x: torch.Tensor, visible: torch.Tensor | None)
         mode with its running statistics. GroupNorm and InstanceNorm normalise each sample with
         the statistics of its own visible pixels.
     """
-    if visible is None and not (isinstance(layer, nn.BatchNorm2d) and layer.training):
-        return layer(x)  # dense, and nothing to share between processes: the layer itself
+    if visible is None and not (isinstance(layer, nn.BatchNorm2d) and layer.training and _distributed()):
+        return layer(x)  # dense, and no statistics to share between processes: the layer itself
     dtype, xf = x.dtype, (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)  # statistics in fp32+
     weight = torch.ones_like(xf[:, :1]) if visible is None else visible.to(xf.dtype)
     c = x.shape[1]

@@ -297,8 +297,10 @@ def _pretrain_uses_segmentor(values: dict) -> bool:
 
 #: CPU seconds per image and epoch at one thread on the reference 2-core machine (BENCHMARKS.md),
 #: at a reference size; other sizes scale with the pixel count, other ViT sizes with their FLOPs.
+#: pretrain_unet: the 16 x 4 masked U-Net with the consistency loss, 2.9 s per step of 32 at 128 px
+#: (bench_pretrain.py --sections unet, one thread beside two 1-thread jobs)
 _SECONDS_PER_IMAGE = {"finetune_vit": (0.50, 256), "finetune_unet": (0.23, 256),
-                      "pretrain_vit": (0.02, 128), "pretrain_unet": (0.02, 128), "segmentor": (0.012, 128),
+                      "pretrain_vit": (0.02, 128), "pretrain_unet": (0.09, 128), "segmentor": (0.012, 128),
                       "synthetic": (0.06, 256)}  # generating one realistic synthetic frame
 _VIT_FLOPS = {"tiny": 1.0, "small": 3.5, "base": 13.5, "large": 47.0}
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vasomim.analysis.paired import paired_difference, per_image_means
+from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means
 
 
 def test_per_image_means_average_over_seeds():
@@ -27,3 +27,18 @@ def test_paired_difference_by_hand():
     assert out["better"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no image in common"):
         paired_difference({"a": 1.0}, {"b": 1.0})
+
+
+def test_per_run_means_pair_fold_by_fold():
+    rows = [{"image": "a", "dice": 0.5, "seed": 0, "fold": 0}, {"image": "b", "dice": 0.7, "seed": 0, "fold": 0},
+            {"image": "c", "dice": 0.2, "seed": 0, "fold": 1}, {"image": "a", "dice": 0.9, "seed": 1, "fold": 1}]
+    assert per_run_means(rows) == pytest.approx({"seed 0 / fold 0": 0.6, "seed 0 / fold 1": 0.2,
+                                                 "seed 1 / fold 1": 0.9})
+    other = [{"image": "a", "dice": 0.4, "seed": 0, "fold": 0}, {"image": "b", "dice": 0.4, "seed": 0, "fold": 0},
+             {"image": "c", "dice": 0.3, "seed": 0, "fold": 1}]
+    # runs in common: fold 0 (0.6 - 0.4 = 0.2) and fold 1 (0.2 - 0.3 = -0.1): mean 0.05,
+    # sample std sqrt((0.15^2 + 0.15^2) / 1) = 0.2121
+    out = paired_difference(per_run_means(rows), per_run_means(other))
+    assert out["n"] == 2
+    assert out["mean"] == pytest.approx(0.05)
+    assert out["std"] == pytest.approx(math.sqrt(2 * 0.15**2))

@@ -78,6 +78,16 @@ def test_study_runs_caches_and_adds_an_arm(data, capsys):
                 per[arm][r["image"]] = float(r["dice"])  # one seed: one score per image
     diffs = [per["vasomim"][i] - per["scratch"][i] for i in per["vasomim"]]
     assert row["ΔDSC (points)"].startswith(f"{100 * sum(diffs) / len(diffs):+.2f} ± ")
+    # and per fold: the difference of the two arms' fold means, one per (seed, fold) run
+    folds = {arm: {} for arm in per}
+    for arm in folds:
+        with open(graph["finetune"][(arm, 1.0)].outputs(Path(cfg.out))["per_image"], newline="") as fh:
+            for r in csv.DictReader(fh):
+                folds[arm].setdefault((r["seed"], r["fold"]), []).append(float(r["dice"]))
+    fold_diffs = [sum(folds["vasomim"][k]) / len(folds["vasomim"][k]) - sum(folds["scratch"][k]) / len(folds["scratch"][k])
+                  for k in folds["vasomim"]]
+    assert row["ΔDSC per fold"].startswith(f"{100 * sum(fold_diffs) / len(fold_diffs):+.2f} ± ")
+    assert row["ΔDSC per fold"].endswith(f"(n={len(fold_diffs)})")
 
     run_study(cfg)
     assert ran(capsys.readouterr().err) == []  # a second run does no work

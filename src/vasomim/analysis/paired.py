@@ -14,7 +14,7 @@ import math
 from collections import defaultdict
 from typing import Iterable, Mapping
 
-__all__ = ["per_image_means", "paired_difference"]
+__all__ = ["per_image_means", "per_run_means", "paired_difference"]
 
 
 def per_image_means(rows: Iterable[Mapping], metric: str = "dice") -> dict[str, float]:
@@ -25,8 +25,20 @@ def per_image_means(rows: Iterable[Mapping], metric: str = "dice") -> dict[str, 
     return {image: sum(v) / len(v) for image, v in sums.items()}
 
 
+def per_run_means(rows: Iterable[Mapping], metric: str = "dice") -> dict[str, float]:
+    """``{"seed S / fold F": mean of metric over that run's held-out images}`` (``per_image.csv`` rows).
+
+    Two arms with the same splits hold out the same images in the same run, so their run means
+    pair fold by fold: the per-fold differences of the label-efficiency tables.
+    """
+    sums: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        sums[f"seed {row['seed']} / fold {row['fold']}"].append(float(row[metric]))
+    return {run: sum(v) / len(v) for run, v in sums.items()}
+
+
 def paired_difference(reference: Mapping[str, float], other: Mapping[str, float]) -> dict[str, float]:
-    """Summary of ``reference[i] - other[i]`` over the images both arms scored.
+    """Summary of ``reference[i] - other[i]`` over the images (or runs) both arms scored.
 
     Returns ``{"n", "mean", "std", "sem", "better"}``: number of shared images, mean difference,
     sample standard deviation (0 for one image), standard error of the mean, and the share of

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from vasomim.analysis.clustering import clustering_analysis, mae_encoder_forward, patch_embeddings, scores_rows
 from vasomim.analysis.curves import format_score, plot_sweep
 from vasomim.analysis.masking_stats import masking_map_analysis, plot_vessel_share, vessel_share_curves
-from vasomim.analysis.paired import paired_difference, per_image_means
+from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means
 from vasomim.analysis.reconstruction import reconstruction_panel
 from vasomim.analysis.report import Report
 from vasomim.data.sources import AnatomySource
@@ -71,11 +71,13 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
 
     Each arm's score of an image is its mean over the runs that held the image out (seeds); the
     table gives the mean ± sample std of the per-image differences over the images, the standard
-    error and the share of images where ``reference`` is better. Empty without a ``reference`` arm.
+    error and the share of images where ``reference`` is better; then the same difference of the
+    runs' means (one per fold and seed: the per-fold differences), mean ± std over the runs. Empty
+    without a ``reference`` arm.
     """
-    def scores(stage, metric):
+    def scores(stage, metric, by=per_image_means):
         with open(stage.results(root)["per_image"], newline="") as fh:
-            return per_image_means(csv.DictReader(fh), metric)
+            return by(csv.DictReader(fh), metric)
 
     rows = []
     fractions = sorted({frac for _, frac in graph["finetune"]})
@@ -92,6 +94,8 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
                 row[f"Δ{name} (points)"] = f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
                 row[f"{name} s.e."] = f"{100 * d['sem']:.2f}"
                 row[f"{name} better on"] = f"{100 * d['better']:.0f}% of {d['n']}"
+                runs = paired_difference(scores(ref, metric, per_run_means), scores(stage, metric, per_run_means))
+                row[f"Δ{name} per fold"] = f"{100 * runs['mean']:+.2f} ± {100 * runs['std']:.2f} (n={runs['n']})"
             rows.append(row)
     return rows
 

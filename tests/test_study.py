@@ -196,6 +196,10 @@ def test_a_study_split_across_sessions_with_only(data, tmp_path, capsys):
     assert part["partial"] and part["n_runs_planned"] == 2 and [r["fold"] for r in part["runs"]] == [1]
     assert "1 of 2 runs (partial)" in md and "unet (CNN U-Net" not in md
     fold1 = (stage.dir(root) / "seed0" / "fold1" / "last.pth").stat().st_mtime_ns
+    # the dry run costs what is left: fold 1 is done, fold 0 is still to train
+    assert stage.cost_left(root) == pytest.approx(stage.cost / 2)
+    run_study(cfg, dry_run=True)
+    assert f"~{stage.cost / 2:.1f} of {stage.cost:.1f} CPU-min left" in capsys.readouterr().err
 
     md = run_study(cfg).read_text()  # the whole study: the missing fold and the other arm
     err = capsys.readouterr().err
@@ -229,3 +233,30 @@ def test_an_arm_at_fewer_fractions_and_the_cost_of_synthetic_frames(data):
     assert n_corpus == 12  # 6 unlabelled + 6 labelled images
     expected = (60 * 2 * 0.02 * (64 / 128) ** 2 + 30 * 2 * 0.06 * (64 / 256) ** 2) / 60
     assert graph["pretrain"]["synth"].cost == pytest.approx(expected)
+
+
+def test_cost_left_of_started_stages_counts_the_epochs_not_logged(tmp_path):
+    """By hand: a pre-training run of 10 epochs that logged 3 (and a line cut by a crash) has 70%
+    of its cost left; a fine-tune stage of 2 seeds x 2 folds, 4 epochs each, with one run at
+    epoch 1 and one finished, has 0.75 + 0 + 1 + 1 runs of 4 left when the whole stage runs, and
+    0.75 + 0 + 1 when ``only`` picks seed 0 (a started run is always finished)."""
+    import json
+
+    from vasomim.engines.study import StudyPart, _finetune_minutes, _finetune_remaining, _pretrain_remaining
+
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 1.0}) + "\n" for e in (1, 2, 3))
+                                   + '{"epoch": 4, "lo')
+    assert _pretrain_remaining(50.0, 10)(pre) == pytest.approx(35.0)
+
+    v = {"seeds": [0, 1], "folds": 2, "epochs": 4, "img_size": 256, "size": "tiny"}
+    per_run = _finetune_minutes(v, 8) / 4
+    ft = tmp_path / "ft"
+    for (seed, fold), epochs in {(0, 0): 1, (1, 1): 4}.items():
+        run = ft / f"seed{seed}" / f"fold{fold}"
+        run.mkdir(parents=True)
+        (run / "last.pth").write_bytes(b"")
+        (run / "log.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, epochs + 1)))
+    assert _finetune_remaining(v, 8, None)(ft) == pytest.approx(per_run * (0.75 + 0 + 1 + 1))
+    assert _finetune_remaining(v, 8, StudyPart(seeds=[0]))(ft) == pytest.approx(per_run * (0.75 + 1 + 0))

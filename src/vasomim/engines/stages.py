@@ -36,6 +36,8 @@ class Stage:
         run: ``(stage_dir, config, dep_outputs) -> outputs`` (JSON-able dict).
         deps: stages whose outputs this one reads.
         cost: a rough cost estimate in CPU-minutes for ``--dry-run``.
+        remaining: ``stage_dir -> CPU-minutes`` still to spend on a started stage (what its
+            finished epochs and runs leave of ``cost``); None: ``cost``.
     """
 
     kind: str
@@ -44,6 +46,14 @@ class Stage:
     run: Callable[[Path, dict, dict[str, dict]], dict]
     deps: list["Stage"] = field(default_factory=list)
     cost: float = 0.0
+    remaining: Callable[[Path], float] | None = None
+
+    def cost_left(self, root: Path) -> float:
+        """The estimate of what running the stage now costs (0 when it is finished)."""
+        if self.outputs(root) is not None:
+            return 0.0
+        d = self.dir(root)
+        return self.remaining(d) if self.remaining is not None and d.is_dir() else self.cost
 
     @property
     def key(self) -> str:
@@ -119,8 +129,11 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         say(f"plan for {root} ({len(order)} stages):")
         for s in order:
             done = s.outputs(root) is not None
-            total += 0 if done else s.cost
-            say(f"  {'cached' if done else 'run   '}  {s.kind:<10} {s.name:<24} {s.key}  ~{s.cost:.1f} CPU-min")
+            left = s.cost_left(root)
+            total += left
+            what = "cached" if done else ("resume" if left < s.cost else "run   ")
+            cost = f"~{s.cost:.1f} CPU-min" if done or left >= s.cost else f"~{left:.1f} of {s.cost:.1f} CPU-min left"
+            say(f"  {what}  {s.kind:<10} {s.name:<24} {s.key}  {cost}")
         say(f"estimated cost of what would run: ~{total:.0f} CPU-minutes")
         return report
     for i, s in enumerate(order, 1):

@@ -29,7 +29,7 @@ import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field
 
@@ -354,6 +354,38 @@ def _chosen_runs(runs: set[tuple[int, int]], only: StudyPart | None) -> set[tupl
             if (only.seeds is None or s in only.seeds) and (only.folds is None or f in only.folds)}
 
 
+def _epochs_logged(log: Path) -> int:
+    """The last epoch a run's ``log.jsonl`` records (0 when there is none yet)."""
+    last = 0
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                last = max(last, int(json.loads(line).get("epoch", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue  # a line cut by a crash
+    return last
+
+
+def _pretrain_remaining(cost: float, epochs: int) -> Callable[[Path], float]:
+    """What a started pre-training stage still costs: the share of its epochs not logged yet."""
+    return lambda d: cost * max(0.0, 1.0 - _epochs_logged(d / "log.jsonl") / max(1, epochs))
+
+
+def _finetune_remaining(v: dict, n_labelled: int, only: StudyPart | None) -> Callable[[Path], float]:
+    """What a started fine-tune stage still costs: per run it would train now (those ``only``
+    picks, and any started before), the share of its epochs not logged yet."""
+    every = _planned_runs(v.get("seeds", [0]), int(v.get("folds", 1)), v.get("only_folds"))
+    per_run, epochs = _finetune_minutes(v, n_labelled) / len(every), max(1, int(v.get("epochs", 100)))
+
+    def remaining(d: Path) -> float:
+        started = {(s, f) for s, f in every if (d / f"seed{s}" / f"fold{f}" / "last.pth").is_file()}
+        runs = _chosen_runs(every, only) | started
+        return sum(per_run * max(0.0, 1.0 - _epochs_logged(d / f"seed{s}" / f"fold{f}" / "log.jsonl") / epochs)
+                   for s, f in runs)
+
+    return remaining
+
+
 def _share(v: dict, only: StudyPart | None) -> float:
     """The share of a fine-tune stage's runs that ``only`` selects (for the cost estimate)."""
     every = _planned_runs(v.get("seeds", [0]), int(v.get("folds", 1)), v.get("only_folds"))
@@ -385,8 +417,9 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
                 values = deep_merge(values, {"consistency": {"segmentor": str(seg_ckpt)}})
             else:
                 deps.append(segmentor)
+        cost = _pretrain_minutes(values, n_corpus)
         pretrain[arm] = Stage("pretrain", arm, values, partial(_run_pretrain, launcher=cfg.pretrain_launcher), deps=deps,
-                              cost=_pretrain_minutes(values, n_corpus))
+                              cost=cost, remaining=_pretrain_remaining(cost, int(values.get("epochs", 800))))
     for label, points in cfg.sweeps.items():
         unknown = sorted(set(points) - set(cfg.finetune_arms))
         if unknown:
@@ -417,7 +450,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
             v = deep_merge(values, {"label_fraction": float(frac)})
             finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v,
                                                  partial(_run_finetune, only=cfg.only), deps=deps,
-                                                 cost=_finetune_minutes(v, n_labelled) * _share(v, cfg.only))
+                                                 cost=_finetune_minutes(v, n_labelled) * _share(v, cfg.only),
+                                                 remaining=_finetune_remaining(v, n_labelled, cfg.only))
     frangi: list[Stage] = []
     if cfg.frangi:
         # the paper's baseline row (its recipe), then the study's own anatomy recipe when it differs

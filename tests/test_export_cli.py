@@ -132,7 +132,7 @@ def test_model_folder_and_onnx_equal_the_checkpoint(tmp_path, capsys, arch):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_unet_finetuning_checkpoint_exports_its_encoder_and_network(tmp_path, capsys):
+def test_unet_finetuning_checkpoint_exports_its_encoder_and_network(tmp_path, capsys, monkeypatch):
     """A unet fine-tuning checkpoint: --to FILE writes its down.* blocks (as `vasomim ship` does) and their
     settings; --to DIR also the whole network (model/, and model.onnx unless --no-onnx)."""
     import json
@@ -152,6 +152,14 @@ def test_unet_finetuning_checkpoint_exports_its_encoder_and_network(tmp_path, ca
     assert (meta["base_channels"], meta["levels"], meta["norm"], meta["input_size"], meta["mean"], meta["std"]) == \
         (4, 2, "group", 64, gray["mean"], gray["std"])
 
+    loads, torch_load = [], torch.load
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
     assert main(["export", str(tmp_path / "best.pth"), "--to", str(tmp_path / "exp"), "--no-onnx"]) == 0
+    assert loads == [tmp_path / "best.pth"]  # the checkpoint is read once, for the encoder and the network
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["encoder.json", "encoder.safetensors", "model"]
     assert set(load_file(str(tmp_path / "exp" / "encoder.safetensors"))) == set(tensors)

@@ -110,20 +110,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _config_of(checkpoint: str):
-    from vasomim.models.checkpoints import load_checkpoint
-
-    if checkpoint.endswith(".safetensors"):
-        return None
-    ckpt = load_checkpoint(checkpoint)  # one line naming a missing, foreign or unsafe file
-    return ckpt.get("config") if isinstance(ckpt, dict) else None
-
-
 def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from vasomim.models.checkpoints import read_state_dict, strip_wrappers
+    from vasomim.models.checkpoints import load_checkpoint, read_state_dict, strip_wrappers
     from vasomim.models.export import encoder_pretrained_cfg, export_encoder
     from vasomim.models.unet_mim import is_unet_state
 
@@ -134,12 +125,14 @@ def run(args: argparse.Namespace) -> int:
     folder = to.suffix.lower() not in (".safetensors", ".pth", ".pt")
     enc_path = to / "encoder.safetensors" if folder else to
     try:
-        config = _config_of(args.checkpoint)
-        state = strip_wrappers(read_state_dict(args.checkpoint)[0])
+        ckpt = load_checkpoint(args.checkpoint)  # read once; one line naming a missing, foreign or unsafe file
+        config = ckpt.get("config") if isinstance(ckpt, dict) and not args.checkpoint.endswith(".safetensors") \
+            else None
+        state = strip_wrappers(read_state_dict(ckpt, args.checkpoint)[0])
         if is_unet_state(state):
-            return _export_unet(args, state, config, enc_path, folder)
+            return _export_unet(args, ckpt, state, config, enc_path, folder)
         in_chans = args.in_chans or 3
-        out = export_encoder(args.checkpoint, enc_path, in_chans=in_chans)
+        out = export_encoder(ckpt, enc_path, in_chans=in_chans, source=args.checkpoint)
         state, _ = read_state_dict(out)
         grid = math.isqrt(state["pos_embed"].shape[1] - 1)
         arch = TIMM_SIZES.get(state["patch_embed.proj.weight"].shape[0], ("vit_base_patch16_224",))[0]
@@ -159,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  pretrained_cfg_overlay=dict(json.load(open(\"{out.with_suffix('.json')}\")), "
           f"file=\"{out}\")")
     if folder:
-        return _export_network(args, config, to)
+        return _export_network(args, config, to, ckpt)
     return 0
 
 
@@ -168,7 +161,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _export_unet(args: argparse.Namespace, state: dict, config, enc_path, folder: bool) -> int:
+def _export_unet(args: argparse.Namespace, ckpt: dict, state: dict, config, enc_path, folder: bool) -> int:
     """A U-Net checkpoint: its encoder (``down.*``, kept in the checkpoint's precision) and settings
     (:func:`~vasomim.models.unet_mim.export_unet_encoder`); with a folder also the whole network of
     a fine-tuned one."""
@@ -178,19 +171,19 @@ def _export_unet(args: argparse.Namespace, state: dict, config, enc_path, folder
     if args.in_chans is not None and args.in_chans != layout["in_chans"]:
         return _fail(f"{args.checkpoint}: a U-Net encoder keeps its {layout['in_chans']} input channel(s); "
                      f"--in-chans {args.in_chans} applies to ViT encoders only")
-    enc, arch = export_unet_encoder(args.checkpoint, enc_path, dtype=None)
+    enc, arch = export_unet_encoder(ckpt, enc_path, dtype=None, source=args.checkpoint)
     print(f"export: {len(enc)} U-Net encoder tensors (down blocks; {arch}) written to {enc_path}, its settings "
           f"to {enc_path.with_suffix('.json')}")
     print("fine-tune from it with:")
     print(f"  vasomim finetune --config finetune/unet_cpu --data DATA --init {enc_path} "
           + " ".join(f"{k}={v}" for k, v in layout.items()))
     if folder:
-        return _export_network(args, config, enc_path.parent)
+        return _export_network(args, config, enc_path.parent, ckpt)
     return 0
 
 
-def _export_network(args: argparse.Namespace, config, to) -> int:
-    """``DIR/model/`` and ``DIR/model.onnx`` of a fine-tuned checkpoint."""
+def _export_network(args: argparse.Namespace, config, to, ckpt) -> int:
+    """``DIR/model/`` and ``DIR/model.onnx`` of a fine-tuned checkpoint (``ckpt``: the file, as read)."""
     from vasomim.models.checkpoints import model_from_checkpoint
     from vasomim.models.export import export_model_folder, export_onnx
 
@@ -198,7 +191,7 @@ def _export_network(args: argparse.Namespace, config, to) -> int:
         print("note: not a fine-tuned segmentation checkpoint; only the encoder was exported")
         return 0
     try:
-        model, config = model_from_checkpoint(args.checkpoint)
+        model, config = model_from_checkpoint(args.checkpoint, loaded=ckpt)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
     folder = export_model_folder(model, config, to / "model")

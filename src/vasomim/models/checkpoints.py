@@ -148,12 +148,15 @@ def load_checkpoint(path: str | Path) -> object:
         raise ValueError(f"{path}: not a checkpoint ({detail}; {type(exc).__name__})") from None
 
 
-def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torch.Tensor], str]:
+def read_state_dict(path_or_state: str | Path | Mapping,
+                    source: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Read a state dict from a file or a dict, unwrapping ``model`` / ``state_dict``.
 
     Args:
         path_or_state: A ``.safetensors`` file, a file ``torch.load`` reads with
             ``weights_only=True``, a checkpoint dict or a plain state dict.
+        source: the name messages give a dict (the file it was read from); default
+            ``"<state dict>"``.
 
     Returns:
         ``(state_dict, source)``: the tensors by name, and the file name (or ``"<state dict>"``) to
@@ -164,7 +167,7 @@ def read_state_dict(path_or_state: str | Path | Mapping) -> tuple[dict[str, torc
             holds no state dict.
     """
     if isinstance(path_or_state, Mapping):
-        obj, source = path_or_state, "<state dict>"
+        obj, source = path_or_state, source or "<state dict>"
     else:
         source = str(path_or_state)
         obj = load_checkpoint(path_or_state)
@@ -406,7 +409,7 @@ def _mae(state: Mapping[str, torch.Tensor], config: Mapping, hints: Mapping, sou
 
 
 def model_from_checkpoint(source: str | Path, kind: str | None = "segmentation",
-                          hints: Mapping | None = None) -> tuple[nn.Module, dict]:
+                          hints: Mapping | None = None, loaded: object | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a network from a checkpoint, in eval mode, from the config and shapes it carries.
 
     The one place that turns a checkpoint into a network (timm's ``checkpoint_filter_fn`` with
@@ -430,6 +433,7 @@ def model_from_checkpoint(source: str | Path, kind: str | None = "segmentation",
         kind: the kind the caller needs (a checkpoint of another kind is refused); None takes
             whichever it is.
         hints: what the checkpoint does not say (MAE only).
+        loaded: what :func:`load_checkpoint` already read from the file ``source`` (not read again).
 
     Returns:
         ``(model, config)``: the network with its weights, and the checkpoint's config (``{}``
@@ -444,7 +448,8 @@ def model_from_checkpoint(source: str | Path, kind: str | None = "segmentation",
     if path.is_dir():
         state, config = _read_model_folder(path)
     else:
-        ckpt = load_checkpoint(path)  # one line naming the file for a missing, foreign or unsafe file
+        # one line naming the file for a missing, foreign or unsafe file
+        ckpt = loaded if loaded is not None else load_checkpoint(path)
         config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
         try:
             state, _ = read_state_dict(ckpt)

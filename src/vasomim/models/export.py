@@ -22,6 +22,7 @@ def export_encoder(
     out_path: str | Path,
     in_chans: int | None = 3,
     dtype: torch.dtype | None = None,
+    source: str | None = None,
 ) -> Path:
     """Write a ViT encoder in timm naming to ``.safetensors`` (or ``.pth``) for ``timm``.
 
@@ -49,6 +50,7 @@ def export_encoder(
         in_chans: Input channels of the exported patch embedding (3 or 1); None keeps the encoder's
             own.
         dtype: Convert the floating-point tensors (``torch.float16`` for shipping); None keeps them.
+        source: the file a checkpoint dict was read from, for messages.
 
     Returns:
         The path written.
@@ -57,7 +59,7 @@ def export_encoder(
         module = getattr(checkpoint_path_or_model, "encoder", checkpoint_path_or_model)
         state, source = module.state_dict(), type(module).__name__
     else:
-        state, source = read_state_dict(checkpoint_path_or_model)
+        state, source = read_state_dict(checkpoint_path_or_model, source)
     encoder, _ = split_encoder(state)
     if "patch_embed.proj.weight" not in encoder:
         raise ValueError(f"{source}: no ViT encoder (patch_embed.proj.weight) to export")

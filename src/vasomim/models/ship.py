@@ -73,12 +73,13 @@ def ship(checkpoint: str | os.PathLike, name: str, kind: str, card: Mapping[str,
         export_model_folder(model, config, tmp / "model", dtype=torch.float16)
         info["architecture"] = config["network"]["arch"]
         state = model.state_dict()
-    elif unet_shipped_encoder(checkpoint):  # a U-Net's encoder (down blocks) and its encoder.json
-        state, info["architecture"] = export_unet_encoder(checkpoint, tmp / "encoder.safetensors", torch.float16)
+    elif unet_shipped_encoder(ckpt := load_checkpoint(checkpoint)):  # a U-Net's encoder and its encoder.json
+        state, info["architecture"] = export_unet_encoder(ckpt, tmp / "encoder.safetensors", torch.float16,
+                                                          source=str(checkpoint))
     else:
-        out = export_encoder(checkpoint, tmp / "encoder.safetensors", in_chans=None, dtype=torch.float16)
+        out = export_encoder(ckpt, tmp / "encoder.safetensors", in_chans=None, dtype=torch.float16,
+                             source=str(checkpoint))
         state, _ = read_state_dict(out)
-        ckpt = load_checkpoint(checkpoint)
         config = ckpt.get("config") if isinstance(ckpt, dict) else None
         channels = state["patch_embed.proj.weight"].shape[1]
         grid = math.isqrt(state["pos_embed"].shape[1] - 1)

@@ -330,17 +330,19 @@ def masked_unet_from_state(state: Mapping[str, torch.Tensor], config: Mapping | 
     return MaskedUNet(layout["in_chans"], layout["base_channels"], layout["levels"], layout["norm"], norm_pix)
 
 
-def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
-                        dtype: torch.dtype | None = torch.float16) -> tuple[dict, str]:
+def export_unet_encoder(checkpoint: str | Path | Mapping, out_path: str | Path,
+                        dtype: torch.dtype | None = torch.float16, source: str | None = None) -> tuple[dict, str]:
     """Write a U-Net checkpoint's encoder (``down.*``) to a file, plus its settings as ``.json`` beside it.
 
     Args:
         checkpoint: a ``vasomim pretrain`` checkpoint with ``model.arch: unet``, a U-Net
-            fine-tuning checkpoint, or an encoder file written here.
+            fine-tuning checkpoint, or an encoder file written here (a file, or what
+            :func:`~vasomim.models.checkpoints.load_checkpoint` read from one).
         out_path: ``.safetensors`` writes safetensors, any other suffix a ``torch.save`` state
             dict; the settings (architecture, shape, input size and normalisation) go to the same
             path with the suffix ``.json`` (``encoder.json`` for ``encoder.safetensors``).
         dtype: floating-point tensors are cast to it (None: kept).
+        source: the file a checkpoint dict was read from, for messages.
 
     Returns:
         (the tensors written, a one-line architecture description).
@@ -348,13 +350,13 @@ def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
     Raises:
         ValueError: one line naming ``checkpoint`` when it holds no U-Net encoder.
     """
-    state, source = read_state_dict(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)  # read once
+    state, source = read_state_dict(ckpt, source or (None if isinstance(checkpoint, Mapping) else str(checkpoint)))
     state = strip_wrappers(state)
     enc = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
            for k, v in state.items() if k.startswith("down.")}
     if not enc:
         raise ValueError(f"{source}: holds no U-Net encoder (down.*)")
-    ckpt = load_checkpoint(checkpoint)
     config = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
     layout = unet_layout(enc, config)
     # the input convention: config["input"] of a fine-tuning checkpoint, config["data"] of a pre-training
@@ -372,6 +374,6 @@ def export_unet_encoder(checkpoint: str | Path, out_path: str | Path,
     return enc, arch
 
 
-def unet_shipped_encoder(checkpoint: str | Path) -> bool:
+def unet_shipped_encoder(checkpoint: str | Path | Mapping) -> bool:
     """Whether ``vasomim ship --kind encoder`` should take ``checkpoint``'s U-Net encoder."""
     return is_unet_state(strip_wrappers(read_state_dict(checkpoint)[0]))

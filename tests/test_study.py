@@ -260,3 +260,20 @@ def test_cost_left_of_started_stages_counts_the_epochs_not_logged(tmp_path):
         (run / "log.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, epochs + 1)))
     assert _finetune_remaining(v, 8, None)(ft) == pytest.approx(per_run * (0.75 + 0 + 1 + 1))
     assert _finetune_remaining(v, 8, StudyPart(seeds=[0]))(ft) == pytest.approx(per_run * (0.75 + 1 + 0))
+
+
+def test_fraction_schedule_steps_gives_every_fraction_the_full_label_steps(data):
+    """``fraction_schedule: steps``: at 25% labels 4x the epochs and warm-up (by hand: 3 -> 12
+    epochs, 1 -> 4 warm-up), at 50% 2x; the full-label stage and its key do not change."""
+    base = tiny_study(data).model_copy(update={"label_fractions": [0.25, 0.5, 1.0], "sweeps": {},
+                                               "finetune": {**tiny_study(data).finetune, "epochs": 3,
+                                                            "warmup_epochs": 1}})
+    steps = base.model_copy(update={"fraction_schedule": "steps"})
+    a, b = build_stages(base)["finetune"], build_stages(steps)["finetune"]
+    assert (a[("scratch", 0.25)].config["epochs"], a[("scratch", 0.25)].config["warmup_epochs"]) == (3, 1)
+    assert (b[("scratch", 0.25)].config["epochs"], b[("scratch", 0.25)].config["warmup_epochs"]) == (12, 4.0)
+    assert (b[("scratch", 0.5)].config["epochs"], b[("scratch", 0.5)].config["warmup_epochs"]) == (6, 2.0)
+    assert b[("scratch", 1.0)].key == a[("scratch", 1.0)].key
+    assert b[("scratch", 0.25)].key != a[("scratch", 0.25)].key
+    # the same steps: the cost of a quarter of the frames for four times the epochs
+    assert b[("scratch", 0.25)].cost == pytest.approx(4 * a[("scratch", 0.25)].cost)

@@ -29,7 +29,7 @@ import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
@@ -101,6 +101,10 @@ class StudyConfig(StrictModel):
         frangi: score the anatomy masks of the labelled images (the Frangi/Sato baseline): the paper's
             recipe, and the study's anatomy recipe (``fov`` by default) as a second row.
         label_fractions: fine-tune every arm at each share of the training labels (Table 6).
+        fraction_schedule: how a fraction below 1 trains: ``epochs`` keeps the fine-tuning epochs
+            (fewer optimizer steps on fewer frames); ``steps`` divides the epochs and the warm-up
+            epochs by the fraction, so that every fraction trains for the optimizer steps of the
+            full-label runs (25% labels: 4x the epochs). The full-label stages are the same either way.
         analyses: build the figures (Fig. 3a/3b, reconstructions, Table 4) in the report.
         analysis_images: images used by the reconstruction and clustering analyses.
         sweeps: figures over fine-tune arms, e.g. the masking-ratio sweep (Fig. 5):
@@ -130,6 +134,7 @@ class StudyConfig(StrictModel):
     spt: dict = Field(default_factory=dict)
     frangi: bool = True
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    fraction_schedule: Literal["epochs", "steps"] = "epochs"
     analyses: bool = True
     analysis_images: int = Field(4, ge=1)
     sweeps: dict[str, dict[str, float | str]] = Field(default_factory=dict)
@@ -386,6 +391,14 @@ def _finetune_remaining(v: dict, n_labelled: int, only: StudyPart | None) -> Cal
     return remaining
 
 
+def _steps_schedule(v: dict, fraction: float) -> dict:
+    """Epochs and warm-up of a fine-tune at ``fraction`` of the labels with the full-label runs' steps."""
+    fields = FinetuneConfig.model_fields
+    epochs = int(v.get("epochs", fields["epochs"].default))
+    warmup = float(v.get("warmup_epochs", fields["warmup_epochs"].default))
+    return {"epochs": max(1, round(epochs / fraction)), "warmup_epochs": warmup / fraction}
+
+
 def _share(v: dict, only: StudyPart | None) -> float:
     """The share of a fine-tune stage's runs that ``only`` selects (for the cost estimate)."""
     every = _planned_runs(v.get("seeds", [0]), int(v.get("folds", 1)), v.get("only_folds"))
@@ -448,6 +461,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
             deps.append(spt)
         for frac in fractions:
             v = deep_merge(values, {"label_fraction": float(frac)})
+            if cfg.fraction_schedule == "steps" and frac < 1:
+                v = deep_merge(v, _steps_schedule(v, float(frac)))
             finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v,
                                                  partial(_run_finetune, only=cfg.only), deps=deps,
                                                  cost=_finetune_minutes(v, n_labelled) * _share(v, cfg.only),

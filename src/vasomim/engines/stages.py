@@ -129,7 +129,7 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         say(f"plan for {root} ({len(order)} stages):")
         for s in order:
             done = s.outputs(root) is not None
-            left = s.cost_left(root)
+            left = 0.0 if done else s.cost_left(root)
             total += left
             what = "cached" if done else ("resume" if left < s.cost else "run   ")
             cost = f"~{s.cost:.1f} CPU-min" if done or left >= s.cost else f"~{left:.1f} of {s.cost:.1f} CPU-min left"

@@ -75,9 +75,13 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
     runs' means (one per fold and seed: the per-fold differences), mean ± std over the runs. Empty
     without a ``reference`` arm.
     """
+    read: dict[str, list[dict]] = {}  # each stage's per_image.csv, read once
+
     def scores(stage, metric, by=per_image_means):
-        with open(stage.results(root)["per_image"], newline="") as fh:
-            return by(csv.DictReader(fh), metric)
+        if stage.name not in read:
+            with open(stage.results(root)["per_image"], newline="") as fh:
+                read[stage.name] = list(csv.DictReader(fh))
+        return by(read[stage.name], metric)
 
     rows = []
     fractions = sorted({frac for _, frac in graph["finetune"]})

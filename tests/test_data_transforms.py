@@ -14,10 +14,12 @@ from vasomim.data.transforms import (
     IMAGENET_STD,
     TransformConfig,
     build_transform,
+    flat_margin,
     hflip,
     joint_random_resized_crop,
     normalize,
     photometric_jitter,
+    random_flat_margin,
     random_hflip,
     random_resized_crop_params,
     resize,
@@ -179,3 +181,54 @@ def _zoom_crop(size, base_scale):
     from vasomim.data.transforms import zoom_crop_params
 
     return zoom_crop_params(H, W, size, base_scale, (1.0, 1.0), (1.0, 1.0), np.random.default_rng(0))
+
+
+def test_flat_margin_bands_each_side_by_hand():
+    image = coordinate_image()
+    mask = np.ones((H, W), dtype=bool)
+    rows, cols = np.mgrid[:H, :W]
+    bands = {0: rows < 5, 1: rows >= H - 5, 2: cols < 5, 3: cols >= W - 5}
+    for side, band in bands.items():
+        out, out_mask = flat_margin(image, mask, side, 5, 0.25)
+        assert np.all(out[band] == 0.25) and not out_mask[band].any()
+        np.testing.assert_array_equal(out[~band], image[~band])
+        assert out_mask[~band].all()
+    assert image[0, 0] == 0 and mask.all()  # the inputs are not touched
+    out, out_mask = flat_margin(image, None, 1, 0, 0.5)
+    np.testing.assert_array_equal(out, image)
+    assert out_mask is None
+
+
+def test_random_flat_margin_draws_a_band_within_the_range_or_nothing():
+    image = coordinate_image() / (H * W) + 2.0  # no pixel can equal a grey level in [0, 1]
+    mask = np.ones((H, W), dtype=bool)
+    widths = []
+    for seed in range(40):
+        out, out_mask = random_flat_margin(image, mask, 1.0, (0.1, 0.3), np.random.default_rng(seed))
+        flat = out <= 1.0
+        assert np.array_equal(flat, ~out_mask)  # the band is background in the mask
+        rows, cols = flat.all(axis=1), flat.all(axis=0)
+        if rows.any():  # a band of whole rows at the top or the bottom
+            width, extent = rows.sum(), H
+            assert rows[0] or rows[-1]
+        else:
+            width, extent = cols.sum(), W
+            assert cols[0] or cols[-1]
+        assert flat.sum() == width * (W if extent == H else H)
+        assert round(0.1 * extent) <= width <= round(0.3 * extent)
+        widths.append(width / extent)
+    assert max(widths) - min(widths) > 0.1  # the width varies
+    rng = np.random.default_rng(0)
+    out, _ = random_flat_margin(image, mask, 0.0, (0.1, 0.3), rng)
+    assert out is image and rng.random() == np.random.default_rng(0).random()  # p 0 draws nothing
+
+
+def test_transform_with_margins_and_their_validation():
+    cfg = TransformConfig(size=64, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, margin=1.0)
+    _, out_mask = build_transform(cfg)(coordinate_image() / (H * W), np.ones((H, W), bool),
+                                       np.random.default_rng(3))
+    m = out_mask[0].numpy().astype(bool)
+    assert not m.all() and (not m[0].any() or not m[-1].any() or not m[:, 0].any() or not m[:, -1].any())
+    for bad in ({"margin": 1.5}, {"margin_width": (0.3, 0.1)}, {"margin_width": (0.1, 1.0)}):
+        with pytest.raises(ValidationError):
+            TransformConfig(**bad)

@@ -11,9 +11,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vasomim.cli import main
+from vasomim.config import config_to_dict
 from vasomim.data.io import write_png_atomic
 from vasomim.data.synthetic import synthesize, write_dataset
 from vasomim.engines.finetune import (
+    AugmentConfig,
     FinetuneConfig,
     build_network,
     dice_bce_loss,
@@ -24,6 +26,7 @@ from vasomim.engines.finetune import (
     network_config,
     subsample,
 )
+from vasomim.engines.finetune_run import check_resumable
 from vasomim.metrics import summarize
 from vasomim.models.checkpoints import model_from_checkpoint
 
@@ -198,6 +201,18 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp_path, capsys
             torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=f"{name} {key}")
     epochs = [r["epoch"] for r in _log(tmp_path / "cut" / "seed0" / "fold0") if "epoch" in r]
     assert epochs == [0, 1, 2, 3]
+
+
+def test_resume_check_reads_settings_a_checkpoint_lacks_as_their_defaults(tmp_path):
+    cfg = FinetuneConfig(data="unused", **TINY)
+    saved = config_to_dict(cfg)
+    del saved["augment"]["margin"], saved["augment"]["margin_width"], saved["tta"]  # an older run
+    check_resumable(saved, cfg, tmp_path)  # the missing keys are at their defaults: resumable
+    with pytest.raises(ValueError, match=r"differs in augment \(saved"):
+        check_resumable(saved, cfg.model_copy(update={"augment": AugmentConfig(margin=0.5)}), tmp_path)
+    with pytest.raises(ValueError, match="differs in tta"):
+        check_resumable(saved, cfg.model_copy(update={"tta": not cfg.tta}), tmp_path)
+    check_resumable({**saved, "epochs": 7}, cfg, tmp_path)  # a resumable change
 
 
 def test_select_last_scores_the_final_epoch_and_rescoring_needs_no_training(data, tmp_path, capsys):

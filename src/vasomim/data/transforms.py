@@ -43,6 +43,8 @@ __all__ = [
     "random_hflip",
     "resize",
     "photometric_jitter",
+    "flat_margin",
+    "random_flat_margin",
     "normalize",
 ]
 
@@ -75,6 +77,10 @@ class TransformConfig(StrictModel):
             the mean.
         gamma: Range of the gamma exponent, sampled log-uniformly.
         noise: Largest standard deviation of additive Gaussian noise (uniform in ``[0, noise]``).
+        margin: Probability of a flat margin: one side of the crop, chosen at random, is replaced by
+            a band of one grey level (uniform in ``[0, 1]``) with no vessels in the mask, as when a
+            frame is letterboxed or placed on a larger canvas (training only).
+        margin_width: Range of the band's width as a fraction of the crop's side (uniform).
         channels: 1 (gray) or 3 (gray replicated, for ImageNet-style models).
         mean, std: Normalisation per output channel.  Default: :data:`GRAY_MEAN`/:data:`GRAY_STD`
             for one channel, :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD` for three.
@@ -91,6 +97,8 @@ class TransformConfig(StrictModel):
     contrast: float = 0.2
     gamma: tuple[float, float] = (0.8, 1.25)
     noise: float = 0.02
+    margin: float = 0.0
+    margin_width: tuple[float, float] = (0.05, 0.4)
     channels: Literal[1, 3] = 1
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -109,11 +117,18 @@ class TransformConfig(StrictModel):
             raise ValueError(f"expected 0 < low <= high, got {v}")
         return v
 
-    @field_validator("hflip")
+    @field_validator("hflip", "margin")
     @classmethod
     def _probability(cls, v: float) -> float:
         if not 0 <= v <= 1:
-            raise ValueError("hflip is a probability in [0, 1]")
+            raise ValueError("expected a probability in [0, 1]")
+        return v
+
+    @field_validator("margin_width")
+    @classmethod
+    def _fraction_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1] < 1:
+            raise ValueError(f"expected 0 <= low <= high < 1 (fractions of the crop's side), got {v}")
         return v
 
     @model_validator(mode="after")
@@ -320,6 +335,48 @@ def photometric_jitter(
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def flat_margin(
+    image: np.ndarray, mask: np.ndarray | None, side: int, width: int, value: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Copies of image and mask with a flat band ``width`` pixels wide along one side.
+
+    Args:
+        image: 2-D float32.
+        mask: 2-D bool of the same shape, or ``None``.
+        side: 0 top, 1 bottom, 2 left, 3 right.
+        width: Band width in pixels (``0`` changes nothing).
+        value: The band's grey level; the mask is background there.
+    """
+    band = [(slice(0, width), slice(None)), (slice(image.shape[0] - width, None), slice(None)),
+            (slice(None), slice(0, width)), (slice(None), slice(image.shape[1] - width, None))][side]
+    image = image.copy()
+    mask = mask.copy() if mask is not None else None
+    if width > 0:
+        image[band] = value
+        if mask is not None:
+            mask[band] = False
+    return image, mask
+
+
+def random_flat_margin(
+    image: np.ndarray, mask: np.ndarray | None, p: float, width: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`flat_margin` with probability ``p``: a random side, a width uniform in ``width`` (a
+    fraction of that side's extent) and a grey level uniform in ``[0, 1]``.
+
+    The network then learns that a flat border is not anatomy and that vessels end at it, which a
+    frame padded onto a larger canvas otherwise teaches it at inference only.  Draws nothing from
+    ``rng`` when ``p`` is 0, so configs without margins keep their random streams.
+    """
+    if p <= 0 or rng.random() >= p:
+        return image, mask
+    side = int(rng.integers(4))
+    extent = image.shape[0] if side < 2 else image.shape[1]
+    pixels = int(round(rng.uniform(*width) * extent))
+    return flat_margin(image, mask, side, pixels, float(rng.uniform(0.0, 1.0)))
+
+
 def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """``(image - mean) / std`` as a FloatTensor ``(C, H, W)``; ``C = len(mean)`` (gray replicated)."""
     m = np.asarray(mean, dtype=np.float32)[:, None, None]
@@ -331,7 +388,7 @@ class JointTransform:
     """The callable built by :func:`build_transform`; picklable, stateless between calls.
 
     Training: RandomResizedCrop, or a fixed-resolution crop with ``zoom`` (shared box) -> horizontal
-    flip -> optional photometric jitter -> normalise.  Evaluation: resize to ``size x size`` -> normalise.
+    flip -> optional flat margin -> optional photometric jitter -> normalise.  Evaluation: resize to ``size x size`` -> normalise.
 
     Args:
         cfg: The settings.
@@ -372,6 +429,7 @@ class JointTransform:
                 mask = resized_crop(mask, box, cfg.size, "nearest") if mask is not None else None
             np.clip(image, 0.0, 1.0, out=image)
             image, mask = random_hflip(image, mask, cfg.hflip, rng)
+            image, mask = random_flat_margin(image, mask, cfg.margin, cfg.margin_width, rng)
             if cfg.photometric:
                 image = photometric_jitter(image, rng, cfg.brightness, cfg.contrast, cfg.gamma, cfg.noise)
         else:

@@ -34,6 +34,10 @@ class AugmentConfig(StrictModel):
     contrast: float = Field(0.2, ge=0)
     gamma: tuple[float, float] = (0.8, 1.25)
     noise: float = Field(0.02, ge=0)
+    margin: float = Field(0.0, ge=0, le=1, description=(
+        "probability of a flat grey band along one side of a training crop (mask background there): "
+        "teaches the network that letterbox or canvas margins are not anatomy"))
+    margin_width: tuple[float, float] = Field((0.05, 0.4), description="band width range, fraction of the side")
 
 
 class FinetuneConfig(StrictModel):
@@ -141,7 +145,8 @@ def transform_config(cfg: FinetuneConfig, base_scale: float = 1.0) -> TransformC
     return TransformConfig(size=cfg.img_size, channels=cfg.in_chans, scale=a.scale, zoom=a.zoom,
                            base_scale=base_scale, ratio=a.ratio,
                            hflip=a.hflip, photometric=a.photometric, brightness=a.brightness,
-                           contrast=a.contrast, gamma=a.gamma, noise=a.noise)
+                           contrast=a.contrast, gamma=a.gamma, noise=a.noise,
+                           margin=a.margin, margin_width=a.margin_width)
 
 
 def checkpoint_config(cfg: FinetuneConfig, scale: float | None) -> dict:

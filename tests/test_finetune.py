@@ -203,6 +203,17 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp_path, capsys
     assert epochs == [0, 1, 2, 3]
 
 
+def test_validation_does_not_move_the_training_random_streams(data, tmp_path):
+    # scoring held-out frames every epoch or never in between must train the same weights
+    base = dict(data=str(data), epochs=3, batch_size=4, lr=3e-3, folds=1, **TINY)
+    finetune(FinetuneConfig(out=str(tmp_path / "often"), val_every=1, **base), progress=False)
+    finetune(FinetuneConfig(out=str(tmp_path / "once"), val_every=3, **base), progress=False)
+    a = torch.load(tmp_path / "often" / "seed0" / "fold0" / "last.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "once" / "seed0" / "fold0" / "last.pth", weights_only=True)["model"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_resume_check_reads_settings_a_checkpoint_lacks_as_their_defaults(tmp_path):
     cfg = FinetuneConfig(data="unused", **TINY)
     saved = config_to_dict(cfg)

@@ -181,7 +181,17 @@ def check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
 
 
 def validate(model, items, cfg, device, convention: dict) -> dict[str, float]:
-    res = score_items(model, items, convention, cfg.eval_batch_size, device, tta=cfg.tta)
+    """Held-out DSC and clDice, leaving every random stream as it found them.
+
+    Scoring draws from the global torch generator (a DataLoader takes its base seed from it), and
+    the training crops are seeded from that generator too: without the restore, ``val_every``
+    would change the trained weights.
+    """
+    state = rng_state()
+    try:
+        res = score_items(model, items, convention, cfg.eval_batch_size, device, tta=cfg.tta)
+    finally:
+        set_rng_state(state)
     if res.failures:
         raise ValueError(f"validation images failed: {res.failures[0]}")
     m = summarize_rows(res.rows, ("dice", "cldice"))

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vasomim.config import config_to_dict
+from vasomim.config import config_to_dict, deep_merge
 from vasomim.data.datasets import SegmentationDataset
 from vasomim.data.io import image_info
 from vasomim.data.sources import Item
@@ -155,22 +155,13 @@ def inference_scale(items: list[Item], img_size: int) -> float:
     return reference_scale([(i.height, i.width) for i in infos], img_size)
 
 
-def _with_defaults(saved: dict, defaults: dict) -> dict:
-    """``saved`` with the keys it lacks (at any depth) taken from ``defaults``."""
-    out = dict(defaults)
-    for key, value in saved.items():
-        base = defaults.get(key)
-        out[key] = _with_defaults(value, base) if isinstance(value, dict) and isinstance(base, dict) else value
-    return out
-
-
 def check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
     """Refuse to resume when a setting outside :data:`RESUMABLE_CHANGES` differs from the checkpoint's.
 
     A setting the checkpoint lacks (a run from before the setting existed) counts as its default.
     """
     now = config_to_dict(cfg)
-    saved = _with_defaults(saved, config_to_dict(FinetuneConfig.model_construct()))
+    saved = deep_merge(config_to_dict(FinetuneConfig.model_construct()), saved)
     differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if differ:
         raise ValueError(f"{where}: cannot resume, the config differs in {', '.join(differ)} "

@@ -91,14 +91,23 @@ def load_segmentor(path: str | Path, device: str | torch.device = "cpu"):
 
 @torch.no_grad()
 def evaluate_dice(model, loader, device) -> float:
-    """Mean per-image hard Dice (threshold 0.5) of the model against the loader's masks."""
+    """Mean per-image hard Dice (threshold 0.5) of the model against the loader's masks.
+
+    Leaves every random stream as it found them: iterating a DataLoader draws its base seed from the
+    global torch generator, which also drives the training crops, so scoring would otherwise move
+    the training run that calls it.
+    """
     model.eval()
+    state = rng_state()
     scores = []
-    for batch in loader:
-        logits = model(to_segmentor_input(batch["image"].to(device)))
-        pred = (logits > 0).cpu().numpy()[:, 0]
-        gt = batch["mask"].numpy()[:, 0] > 0.5
-        scores.extend(dice(p, g) for p, g in zip(pred, gt))
+    try:
+        for batch in loader:
+            logits = model(to_segmentor_input(batch["image"].to(device)))
+            pred = (logits > 0).cpu().numpy()[:, 0]
+            gt = batch["mask"].numpy()[:, 0] > 0.5
+            scores.extend(dice(p, g) for p, g in zip(pred, gt))
+    finally:
+        set_rng_state(state)
     return float(np.mean(scores)) if scores else float("nan")
 
 

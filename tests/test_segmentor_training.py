@@ -9,9 +9,21 @@ import pytest
 import torch
 
 from vasomim.cli import main
+from vasomim.data.datasets import SegmentationDataset
+from vasomim.data.sources import AnatomySource
 from vasomim.data.synthetic import write_dataset
+from vasomim.data.transforms import TransformConfig, build_transform
 from vasomim.engines.anatomy import AnatomyConfig, run_anatomy
-from vasomim.engines.segmentor import SegmentorConfig, load_segmentor, seg_loss, split_items, train_segmentor
+from vasomim.engines.segmentor import (SegmentorConfig, evaluate_dice, load_segmentor, seg_loss, split_items,
+                                       train_segmentor)
+from vasomim.models.unext import UNeXt
+
+
+def _scoring_loader(items, size: int = 64, batch_size: int = 4):
+    """Held-out loader as train_segmentor builds it (gray in [0, 1], whole frames, masks required)."""
+    tcfg = TransformConfig(size=size, channels=1, mean=(0.0,), std=(1.0,))
+    dataset = SegmentationDataset(items, build_transform(tcfg, train=False), require_masks=True)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
 
 
 def test_seg_loss_by_hand():
@@ -54,15 +66,8 @@ def test_tiny_run_learns_and_resumes(pseudo_labelled, tmp_path):
     # the reported val Dice is the saved model's, rescored here on the same split (40 steps on 64-px
     # pseudo-labels teach the loss, not yet a better Dice than an untrained net's: no bar on its size)
     model = load_segmentor(tmp_path / "full" / "segmentor.pth")
-    from vasomim.data.datasets import SegmentationDataset
-    from vasomim.data.sources import AnatomySource
-    from vasomim.data.transforms import TransformConfig, build_transform
-    from vasomim.engines.segmentor import evaluate_dice
     items = AnatomySource(base["images"], base["anatomy"]).items
-    val_items = split_items(items, 0.2, SegmentorConfig(out="x", **base).seed)[1]
-    tcfg = TransformConfig(size=64, channels=1, mean=(0.0,), std=(1.0,))
-    val = torch.utils.data.DataLoader(SegmentationDataset(val_items, build_transform(tcfg, train=False),
-                                                          require_masks=True), batch_size=4)
+    val = _scoring_loader(split_items(items, 0.2, SegmentorConfig(out="x", **base).seed)[1])
     assert 0.0 <= full["val_dice_vs_pseudo_labels"] <= 1.0
     assert evaluate_dice(model, val, "cpu") == pytest.approx(full["val_dice_vs_pseudo_labels"], abs=1e-9)
     assert sum(v.numel() for v in model.state_dict().values()) == 253_920
@@ -94,16 +99,8 @@ def test_load_segmentor_rejects_other_weights(tmp_path):
 def test_scoring_leaves_the_random_streams_as_it_found_them(pseudo_labelled):
     # a DataLoader takes its base seed from the global torch generator; scoring must not move it,
     # or the validation schedule would change the training crops that follow
-    from vasomim.data.datasets import SegmentationDataset
-    from vasomim.data.sources import AnatomySource
-    from vasomim.data.transforms import TransformConfig, build_transform
-    from vasomim.engines.segmentor import evaluate_dice
-    from vasomim.models.unext import UNeXt
-
     items = AnatomySource(str(pseudo_labelled / "data" / "images"), str(pseudo_labelled / "anatomy")).items[:2]
-    tcfg = TransformConfig(size=64, channels=1, mean=(0.0,), std=(1.0,))
-    loader = torch.utils.data.DataLoader(SegmentationDataset(items, build_transform(tcfg, train=False),
-                                                             require_masks=True), batch_size=2)
+    loader = _scoring_loader(items, batch_size=2)
     model = UNeXt()  # built first: its initialisation draws from the generator too
     torch.manual_seed(5)
     np.random.seed(5)

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def kept_rng_state():
+    """Run the block, then put every random stream (`rng_state`) back as the block found it.
+
+    For side work inside a training loop (scoring, logging pictures) that may draw random numbers,
+    for example a DataLoader taking its base seed from the global torch generator: without it, how
+    often that work runs would change the training draws that follow.
+    """
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def seed_everything(seed: int) -> None:

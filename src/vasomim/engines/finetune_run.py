@@ -25,8 +25,8 @@ from vasomim.data.datasets import SegmentationDataset
 from vasomim.data.io import image_info
 from vasomim.data.sources import Item
 from vasomim.data.transforms import build_transform
-from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cosine_lr, rng_state, seed_everything,
-                                    set_rng_state, tensorboard_writer, write_scalars)
+from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cosine_lr, kept_rng_state, rng_state,
+                                    seed_everything, set_rng_state, tensorboard_writer, write_scalars)
 from vasomim.engines.evaluate import METRICS, score_items, summarize_rows
 from vasomim.engines.finetune_config import (CHECKPOINT_KIND, RESUMABLE_CHANGES, FinetuneConfig, checkpoint_config,
                                              transform_config)
@@ -178,11 +178,8 @@ def validate(model, items, cfg, device, convention: dict) -> dict[str, float]:
     the training crops are seeded from that generator too: without the restore, ``val_every``
     would change the trained weights.
     """
-    state = rng_state()
-    try:
+    with kept_rng_state():
         res = score_items(model, items, convention, cfg.eval_batch_size, device, tta=cfg.tta)
-    finally:
-        set_rng_state(state)
     if res.failures:
         raise ValueError(f"validation images failed: {res.failures[0]}")
     m = summarize_rows(res.rows, ("dice", "cldice"))

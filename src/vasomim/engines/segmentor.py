@@ -30,8 +30,8 @@ from vasomim.data.datasets import SegmentationDataset
 from vasomim.data.io import write_text_atomic
 from vasomim.data.sources import AnatomySource
 from vasomim.data.transforms import TransformConfig, build_transform
-from vasomim.engines.common import (JsonlLogger, atomic_torch_save, rng_state, seed_everything, set_rng_state,
-                                    tensorboard_writer, write_scalars)
+from vasomim.engines.common import (JsonlLogger, atomic_torch_save, kept_rng_state, rng_state, seed_everything,
+                                    set_rng_state, tensorboard_writer, write_scalars)
 from vasomim.inference import resolve_device
 from vasomim.metrics import dice
 from vasomim.models.checkpoints import model_from_checkpoint
@@ -98,16 +98,13 @@ def evaluate_dice(model, loader, device) -> float:
     the training run that calls it.
     """
     model.eval()
-    state = rng_state()
     scores = []
-    try:
+    with kept_rng_state():
         for batch in loader:
             logits = model(to_segmentor_input(batch["image"].to(device)))
             pred = (logits > 0).cpu().numpy()[:, 0]
             gt = batch["mask"].numpy()[:, 0] > 0.5
             scores.extend(dice(p, g) for p, g in zip(pred, gt))
-    finally:
-        set_rng_state(state)
     return float(np.mean(scores)) if scores else float("nan")
 
 

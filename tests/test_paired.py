@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means
@@ -25,6 +29,12 @@ def test_paired_difference_by_hand():
     assert out["std"] == pytest.approx(0.2)
     assert out["sem"] == pytest.approx(0.2 / math.sqrt(3))
     assert out["better"] == pytest.approx(2 / 3)
+    # Wilcoxon by hand. In floating point 0.5 - 0.6 is a hair smaller in size than 0.8 - 0.7, so the
+    # |d| ranks are 1 (-0.1), 2 (+0.1), 3 (+0.3) and W+ = 2 + 3 = 5. Over the 8 equally likely sign
+    # patterns W+ takes {0, 1, 2, 3, 3, 4, 5, 6}: P(W+ >= 5) = 2/8, two-sided p = 0.5
+    assert out["p"] == pytest.approx(0.5)
+    assert math.isnan(paired_difference({"a": 0.8}, {"a": 0.7})["p"])  # one difference: nothing to test
+    assert math.isnan(paired_difference({"a": 0.5, "b": 0.2}, {"a": 0.5, "b": 0.2})["p"])
     with pytest.raises(ValueError, match="no image in common"):
         paired_difference({"a": 1.0}, {"b": 1.0})
 
@@ -42,3 +52,57 @@ def test_per_run_means_pair_fold_by_fold():
     assert out["n"] == 2
     assert out["mean"] == pytest.approx(0.05)
     assert out["std"] == pytest.approx(math.sqrt(2 * 0.15**2))
+
+
+def _exact_wilcoxon_p(d: list[float]) -> float:
+    """Two-sided exact signed-rank p by enumerating all 2**n sign patterns (distinct non-zero |d|)."""
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1
+    w = ranks[np.asarray(d) > 0].sum()
+    totals = np.array([ranks[np.array(s, bool)].sum() for s in itertools.product((0, 1), repeat=len(d))])
+    return min(1.0, 2 * min((totals <= w).mean(), (totals >= w).mean()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wilcoxon_p_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = 9
+    d = rng.permutation(np.arange(1, n + 1) / 100) * rng.choice([-1, 1], n) + 0.004 * seed  # distinct |d|
+    ref = {f"i{k}": 0.5 + x for k, x in enumerate(d)}
+    other = {f"i{k}": 0.5 for k in range(n)}
+    out = paired_difference(ref, other)
+    diffs = [ref[k] - other[k] for k in sorted(ref)]
+    assert out["p"] == pytest.approx(_exact_wilcoxon_p(diffs), rel=1e-9)
+
+
+class _Stage:
+    """Just what paired_rows reads of a fine-tune stage: a name and where its per_image.csv is."""
+
+    def __init__(self, name: str, path: Path):
+        self.name, self.path = name, path
+
+    def results(self, root):
+        return {"per_image": str(self.path)}
+
+
+def test_paired_rows_compare_each_vasomim_arm_once(tmp_path):
+    from vasomim.engines.study_report import paired_rows
+
+    scores = {"vasomim": [0.7, 0.6, 0.9], "unet_vasomim": [0.8, 0.5, 0.7], "unet": [0.6, 0.6, 0.6]}
+    graph = {"finetune": {}}
+    for arm, dice in scores.items():
+        path = tmp_path / f"{arm}.csv"
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, ("image", "seed", "fold", "dice", "cldice"))
+            w.writeheader()
+            for i, x in enumerate(dice):
+                w.writerow({"image": f"im{i}", "seed": 0, "fold": 0, "dice": x, "cldice": x / 2})
+        graph["finetune"][(arm, 0.1)] = _Stage(f"{arm}@0.1", path)
+    rows = paired_rows(graph, tmp_path)
+    assert [r["comparison"] for r in rows] == ["vasomim - unet_vasomim", "vasomim - unet", "unet_vasomim - unet"]
+    # unet_vasomim - unet: +0.2, -0.1, +0.1 -> mean +6.67 points, better on 2 of 3
+    last = rows[-1]
+    assert last["ΔDSC (points)"].startswith("+6.67 ± ")
+    assert last["DSC better on"] == "67% of 3"
+    assert last["ΔclDice (points)"].startswith("+3.33 ± ")
+    assert last["DSC p"] != "-"
+    assert paired_rows({"finetune": {("unet", 0.1): graph["finetune"][("unet", 0.1)]}}, tmp_path) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,19 @@ def results_rows(graph: dict, root: Path, fraction: float = 1.0) -> list[dict]:
     return rows
 
 
-def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dict]:
-    """Per label fraction, ``reference`` minus every other fine-tune arm, paired per image (in %).
+REFERENCES = ("vasomim", "unet_vasomim")  # the arms the paired tables compare everything else with
+
+
+def paired_rows(graph: dict, root: Path, references: tuple[str, ...] = REFERENCES) -> list[dict]:
+    """Per label fraction, each reference arm minus every other fine-tune arm, paired per image (in %).
 
     Each arm's score of an image is its mean over the runs that held the image out (seeds); the
     table gives the mean ± sample std of the per-image differences over the images, the standard
-    error and the share of images where ``reference`` is better; then the same difference of the
-    runs' means (one per fold and seed: the per-fold differences), mean ± std over the runs. Empty
-    without a ``reference`` arm.
+    error, the share of images where the reference is better and the Wilcoxon signed-rank p-value;
+    then the same difference of the runs' means (one per fold and seed: the per-fold differences),
+    mean ± std over the runs. The references are the VasoMIM arms (the ViT's ``vasomim``, the CNN's
+    ``unet_vasomim``) that the study has; a pair of references is compared once, in the order
+    given. Empty without a reference arm.
     """
     read: dict[str, list[dict]] = {}  # each stage's per_image.csv, read once
 
@@ -86,21 +92,25 @@ def paired_rows(graph: dict, root: Path, reference: str = "vasomim") -> list[dic
     rows = []
     fractions = sorted({frac for _, frac in graph["finetune"]})
     for frac in fractions:
-        ref = graph["finetune"].get((reference, frac))
-        if ref is None:
-            continue
-        for (arm, f), stage in graph["finetune"].items():
-            if f != frac or arm == reference:
+        done: list[str] = []
+        for reference in references:
+            ref = graph["finetune"].get((reference, frac))
+            if ref is None:
                 continue
-            row = {"labels": f"{frac:g}", "comparison": f"{reference} - {arm}"}
-            for metric, name in (("dice", "DSC"), ("cldice", "clDice")):
-                d = paired_difference(scores(ref, metric), scores(stage, metric))
-                row[f"Δ{name} (points)"] = f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
-                row[f"{name} s.e."] = f"{100 * d['sem']:.2f}"
-                row[f"{name} better on"] = f"{100 * d['better']:.0f}% of {d['n']}"
-                runs = paired_difference(scores(ref, metric, per_run_means), scores(stage, metric, per_run_means))
-                row[f"Δ{name} per fold"] = f"{100 * runs['mean']:+.2f} ± {100 * runs['std']:.2f} (n={runs['n']})"
-            rows.append(row)
+            for (arm, f), stage in graph["finetune"].items():
+                if f != frac or arm == reference or arm in done:
+                    continue
+                row = {"labels": f"{frac:g}", "comparison": f"{reference} - {arm}"}
+                for metric, name in (("dice", "DSC"), ("cldice", "clDice")):
+                    d = paired_difference(scores(ref, metric), scores(stage, metric))
+                    row[f"Δ{name} (points)"] = f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
+                    row[f"{name} s.e."] = f"{100 * d['sem']:.2f}"
+                    row[f"{name} better on"] = f"{100 * d['better']:.0f}% of {d['n']}"
+                    row[f"{name} p"] = "-" if math.isnan(d["p"]) else f"{d['p']:.2g}"
+                    runs = paired_difference(scores(ref, metric, per_run_means), scores(stage, metric, per_run_means))
+                    row[f"Δ{name} per fold"] = f"{100 * runs['mean']:+.2f} ± {100 * runs['std']:.2f} (n={runs['n']})"
+                rows.append(row)
+            done.append(reference)
     return rows
 
 
@@ -294,9 +304,11 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
                   "run; std over runs (folds x seeds). Frangi: std over images.")
     paired = paired_rows(graph, root)
     if paired:
-        rep.add_table("Paired per-image differences", paired, caption="vasomim minus each arm, image by image "
-                      "(each image's score averaged over the seeds that held it out), in DSC/clDice points: mean ± "
-                      "std over images, standard error, share of images where vasomim is better.")
+        rep.add_table("Paired per-image differences", paired, caption="Each VasoMIM arm (vasomim: the ViT; "
+                      "unet_vasomim: the CNN U-Net) minus each other arm, image by image (each image's score averaged "
+                      "over the seeds that held it out), in DSC/clDice points: mean ± std over images, standard "
+                      "error, share of images where the VasoMIM arm is better, two-sided Wilcoxon signed-rank "
+                      "p-value; then the difference of the run means, one per fold and seed.")
     if len(cfg.label_fractions) > 1:
         _label_efficiency(cfg, graph, root, fig_dir)
         rep.add_figure(fig_dir / "label_efficiency.png", "DSC and clDice vs the share of training labels (Table 6).")

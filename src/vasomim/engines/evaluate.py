@@ -13,6 +13,10 @@ Two ways in, one report out:
 Both give a list of per-image rows (``image, dice, cldice, tprec, tsens``) and failures;
 :func:`write_report` writes ``per_image.csv`` and ``summary.json`` (mean and sample std over the
 images, :func:`vasomim.metrics.summarize`) and :func:`format_table` prints them.
+
+:func:`compare_per_image` pairs two such tables image by image (``vasomim evaluate --compare``):
+two checkpoints, two fine-tuning runs or two study arms scored on the same images, A minus B, with
+:func:`vasomim.analysis.paired.paired_difference` (mean ± std, share better, Wilcoxon p).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from vasomim.analysis.paired import paired_difference, per_image_means
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_mask, write_text_atomic
 from vasomim.data.sources import Item, load_source, scan_files
 from vasomim.engines.predict import iter_predictions
@@ -36,9 +41,12 @@ __all__ = [
     "METRICS",
     "EvalResult",
     "csv_text",
+    "compare_per_image",
     "evaluate_checkpoint",
     "evaluate_folders",
+    "format_comparison",
     "format_table",
+    "read_per_image",
     "score_items",
     "summarize_rows",
     "write_report",
@@ -218,4 +226,99 @@ def format_table(metrics: dict[str, dict], title: str = "", n_label: str = "") -
     lines.append(f"{'metric':<8} {'mean ± std (%)':>16}" + (f"   over {n_label}" if n_label else ""))
     for m, v in metrics.items():
         lines.append(f"{LABELS.get(m, m):<8} {100 * v['mean']:>7.2f} ± {100 * v['std']:<6.2f}")
+    return "\n".join(lines)
+
+
+def read_per_image(path: str | os.PathLike, metrics: Sequence[str] = ("dice", "cldice")) -> list[dict]:
+    """The rows of a ``per_image.csv``: the file itself, or a folder that holds one.
+
+    ``vasomim evaluate --out``, ``vasomim finetune --out`` and every study fine-tune stage write
+    one (a fine-tune's has a row per seed and fold that held the image out).
+
+    Returns:
+        ``[{"image": str, metric: float, ...}]`` with every column of the file, the ``metrics``
+        as floats.
+
+    Raises:
+        ValueError: one line naming the file when it is missing, empty, lacks the ``image`` or a
+            ``metrics`` column, or holds a value that is not a number.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "per_image.csv"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such per-image score table (give a per_image.csv, or the folder of "
+                         "`vasomim evaluate --out` or of a fine-tuning run)")
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in ("image", *metrics) if c not in header]
+            if missing:
+                raise ValueError(f"{path}: not a per-image score table (no {', '.join(missing)} column"
+                                 f"{'s' if len(missing) > 1 else ''}; it has {', '.join(header) or 'no header'})")
+            rows = []
+            for line, row in enumerate(reader, start=2):
+                for m in metrics:
+                    try:
+                        row[m] = float(row[m])
+                    except (TypeError, ValueError):
+                        raise ValueError(f"{path} line {line}: {m} {row[m]!r} is not a number") from None
+                rows.append(row)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text CSV file") from None
+    if not rows:
+        raise ValueError(f"{path}: holds no scored image")
+    return rows
+
+
+def compare_per_image(a: str | os.PathLike, b: str | os.PathLike,
+                      metrics: Sequence[str] = ("dice", "cldice")) -> dict:
+    """Paired per-image differences of two score tables, A minus B.
+
+    Each table's score of an image is its mean over the table's rows for that image (the seeds
+    and folds that held it out), then the images both tables scored are paired.
+
+    Args:
+        a, b: ``per_image.csv`` files, or folders holding one (:func:`read_per_image`).
+        metrics: the columns to compare.
+
+    Returns:
+        ``{"a", "b", "n_a", "n_b", "n_shared", "metrics": {metric: {"mean_a", "mean_b", "n", "mean",
+        "std", "sem", "better", "p"}}}``: the means of A and B over the shared images, then
+        :func:`~vasomim.analysis.paired.paired_difference` of A minus B (``p`` None when fewer
+        than two images differ).
+
+    Raises:
+        ValueError: one line naming the files when a table cannot be read or the two share no image.
+    """
+    rows_a, rows_b = read_per_image(a, metrics), read_per_image(b, metrics)
+    out = {"a": str(a), "b": str(b), "metrics": {}}
+    for m in metrics:
+        sa, sb = per_image_means(rows_a, m), per_image_means(rows_b, m)
+        shared = sorted(set(sa) & set(sb))
+        if not shared:
+            raise ValueError(f"{a} and {b}: no image in common ({len(sa)} and {len(sb)} images, e.g. "
+                             f"{next(iter(sa))!r} and {next(iter(sb))!r}): were they scored on the same data?")
+        out.update(n_a=len(sa), n_b=len(sb), n_shared=len(shared))
+        d = paired_difference(sa, sb)
+        d["p"] = None if d["p"] != d["p"] else d["p"]  # NaN (nothing to test) is no JSON number
+        out["metrics"][m] = {"mean_a": sum(sa[i] for i in shared) / len(shared),
+                             "mean_b": sum(sb[i] for i in shared) / len(shared), **d}
+    return out
+
+
+def format_comparison(result: dict) -> str:
+    """A plain-text table of :func:`compare_per_image`'s result, in percent points."""
+    lines = [f"A = {result['a']}", f"B = {result['b']}",
+             f"paired over the {result['n_shared']} images both scored"
+             + (f" (A scored {result['n_a']}, B {result['n_b']})" if result["n_a"] != result["n_b"]
+                or result["n_a"] != result["n_shared"] else ""),
+             f"{'metric':<8} {'A (%)':>7} {'B (%)':>7} {'A - B (points)':>17} {'s.e.':>5} {'A better on':>12} "
+             f"{'Wilcoxon p':>10}"]
+    for m, d in result["metrics"].items():
+        p = "-" if d["p"] is None else f"{d['p']:.3g}"
+        lines.append(f"{LABELS.get(m, m):<8} {100 * d['mean_a']:>7.2f} {100 * d['mean_b']:>7.2f} "
+                     f"{100 * d['mean']:>+8.2f} ± {100 * d['std']:<6.2f} {100 * d['sem']:>5.2f} "
+                     f"{round(d['better'] * d['n']):>5} of {d['n']:<4} {p:>10}")
     return "\n".join(lines)

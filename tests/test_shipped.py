@@ -44,8 +44,9 @@ def test_ship_list_load_and_predict_by_name(trained, tmp_path, monkeypatch, caps
                  "--scores", str(root / "run" / "summary.json")]) == 0
     card = json.loads((weights / "vasomim-cimat" / "card.json").read_text())
     assert card["kind"] == "segmentation" and card["dtype"] == "float16" and card["licence"] == "CC0"
-    assert card["scores"]["DSC (%)"] == f"{100 * summary['metrics']['dice']['mean']:.2f} ± " \
-                                        f"{100 * summary['metrics']['dice']['std']:.2f}"
+    # one run (folds=1): the score alone, no "± 0.00" spread that was never measured
+    assert summary["n_runs"] == 1 and card["scores"]["runs"] == "1"
+    assert card["scores"]["DSC (%)"] == f"{100 * summary['metrics']['dice']['mean']:.2f}"
     md = (weights / "vasomim-cimat" / "MODEL_CARD.md").read_text()
     assert "## Training data" in md and "vasomim finetune ..." in md and "3-fold CV" in md
     assert not list(weights.glob(".*"))  # no temporary folder left
@@ -117,3 +118,15 @@ def test_the_registry_does_not_load_torch():
 
     code = "import sys, vasomim.shipped; assert 'torch' not in sys.modules, 'torch loaded'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_card_scores_show_a_spread_only_over_several_runs(tmp_path):
+    from vasomim.cli.models import scores_from_summary
+
+    five = {"n_runs": 5, "metrics": {"dice": {"mean": 0.77141, "std": 0.02284}, "cldice": {"mean": 0.8367, "std": 0.0343}}}
+    (tmp_path / "five.json").write_text(json.dumps(five))
+    assert scores_from_summary(str(tmp_path / "five.json")) == {"DSC (%)": "77.14 ± 2.28", "clDice (%)": "83.67 ± 3.43",
+                                                                "runs": "5"}
+    one = {"runs": [{"checkpoint": "x"}], "metrics": {"dice": {"mean": 0.7654, "std": 0.0}}}
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    assert scores_from_summary(str(tmp_path / "one.json")) == {"DSC (%)": "76.54", "runs": "1"}

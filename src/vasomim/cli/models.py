@@ -58,14 +58,17 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def scores_from_summary(path: str) -> dict:
-    """DSC and clDice (mean ± std over runs, %) of a ``vasomim finetune`` summary.json."""
+    """DSC and clDice (mean ± std over runs, %; the bare score of a single run) of a ``vasomim finetune`` summary.json."""
     import json
+
+    from vasomim.analysis.curves import format_score
 
     summary = json.loads(open(path, encoding="utf-8").read())
     metrics = summary["metrics"]
-    out = {f"{name} (%)": f"{100 * metrics[key]['mean']:.2f} ± {100 * metrics[key]['std']:.2f}"
+    n = int(summary.get("n_runs", len(summary.get("runs", []))))
+    out = {f"{name} (%)": format_score(metrics[key]["mean"], metrics[key]["std"], n)
            for key, name in (("dice", "DSC"), ("cldice", "clDice")) if key in metrics}
-    out["runs"] = str(summary.get("n_runs", len(summary.get("runs", []))))
+    out["runs"] = str(n)
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vasomim.engines.stages import Stage, run_stages
+from vasomim.engines.stages import Stage, archive_records, run_stages
 
 
 def make(calls, arms=("a",), up_param=1):
@@ -89,3 +89,47 @@ def test_recorded_seconds_come_from_this_runs_stages_only(tmp_path):
     # a cached run reports the times its stages recorded
     third = run_stages(make(calls, up_param=2), tmp_path, log=lambda _: None)
     assert third.seconds == {} and third.recorded_seconds == second.recorded_seconds
+
+
+def _writer(d, cfg, deps):
+    (d / "model.pth").write_bytes(b"\0" * 64)  # weights: not a record
+    (d / "summary.json").write_text('{"dice": 0.5}')
+    (d / "seed0" / "fold0").mkdir(parents=True)
+    (d / "seed0" / "fold0" / "log.jsonl").write_text('{"epoch": 1}\n')
+    (d / "per_image.csv").write_text("image,dice\na,0.5\n" + "b,0.25\n" * cfg.get("rows", 0))
+    return {"ok": True}
+
+
+def test_archive_copies_the_text_records_of_finished_stages_in_the_study_layout(tmp_path, caplog):
+    root, dest = tmp_path / "study", tmp_path / "archive"
+    done = Stage("finetune", "a@1", {"v": 1}, _writer)
+    big = Stage("finetune", "b@1", {"v": 2, "rows": 40}, _writer)
+    run_stages([done, big], root, log=lambda _: None)
+    started = Stage("finetune", "c@1", {"v": 3}, _writer)  # a folder but no stage.json: not archived
+    started.dir(root).mkdir(parents=True)
+    (started.dir(root) / "summary.json").write_text("{}")
+    never = Stage("finetune", "d@1", {"v": 4}, _writer)
+
+    kept = archive_records([done, big, started, never], root, dest, max_bytes=200)
+    rel = sorted(str(p.relative_to(dest)) for p in kept)
+    a, b = f"finetune/a@1-{done.key}", f"finetune/b@1-{big.key}"
+    assert rel == sorted([f"{a}/per_image.csv", f"{a}/seed0/fold0/log.jsonl", f"{a}/stage.json",
+                          f"{a}/stage_config.json", f"{a}/summary.json",
+                          f"{b}/seed0/fold0/log.jsonl", f"{b}/stage.json", f"{b}/stage_config.json",
+                          f"{b}/summary.json"])
+    assert "per_image.csv" in caplog.text and "not archived" in caplog.text  # b's table is over the cap
+    for p in kept:  # byte-identical copies
+        assert p.read_bytes() == (root / p.relative_to(dest)).read_bytes()
+    assert not list(dest.rglob("*.pth")) and not (dest / "finetune" / f"c@1-{started.key}").exists()
+
+    # a second archive rewrites nothing that did not change, and takes up a changed record
+    before = {p: p.stat().st_mtime_ns for p in kept}
+    (done.dir(root) / "summary.json").write_text('{"dice": 0.75}')
+    again = archive_records([done, big], root, dest, max_bytes=200)
+    assert again == kept
+    changed = dest / a / "summary.json"
+    assert changed.read_text() == '{"dice": 0.75}'
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != changed)
+
+    with pytest.raises(ValueError, match="outside the study folder"):
+        archive_records([done], root, root / "archive")

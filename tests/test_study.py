@@ -89,6 +89,21 @@ def test_study_runs_caches_and_adds_an_arm(data, capsys):
     assert row["ΔDSC per fold"].startswith(f"{100 * sum(fold_diffs) / len(fold_diffs):+.2f} ± ")
     assert row["ΔDSC per fold"].endswith(f"(n={len(fold_diffs)})")
 
+    # the archive holds the records behind those figures: the paired row comes back from it alone
+    from vasomim.engines.evaluate import compare_per_image
+    from vasomim.engines.study import archive_study
+
+    archive = data / "archive"
+    kept = archive_study(cfg, archive)
+    assert (archive / "report" / "report.md").read_text() == report.read_text()
+    assert not [p for p in archive.rglob("*") if p.suffix in (".pth", ".png", ".safetensors")]
+    assert all(p.stat().st_size < 2_000_000 for p in kept)
+    stage_dirs = {arm: archive / graph["finetune"][(arm, 1.0)].dir(Path(cfg.out)).relative_to(cfg.out)
+                  for arm in ("vasomim", "scratch")}
+    back = compare_per_image(stage_dirs["vasomim"], stage_dirs["scratch"])["metrics"]["dice"]
+    assert row["ΔDSC (points)"].startswith(f"{100 * back['mean']:+.2f} ± {100 * back['std']:.2f}")
+    assert (stage_dirs["vasomim"] / "seed0" / "fold0" / "log.jsonl").is_file()
+
     run_study(cfg)
     assert ran(capsys.readouterr().err) == []  # a second run does no work
 
@@ -146,6 +161,12 @@ def test_study_cli_reports_bad_file(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text("labelled: somewhere\nunknown_key: 1\n")
     assert main(["study", str(tmp_path / "s.yaml")]) == 2
     assert "unknown_key" in capsys.readouterr().err
+    # --archive of a study that has not run: one line naming the folder, nothing written
+    (tmp_path / "s.yaml").write_text(f"labelled: somewhere\nout: {tmp_path / 'never'}\n")
+    assert main(["study", str(tmp_path / "s.yaml"), "--archive", str(tmp_path / "arch")]) == 2
+    err = capsys.readouterr().err
+    assert "never: no such study folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "arch").exists()
 
 
 def test_example_studies_are_valid(tmp_path):

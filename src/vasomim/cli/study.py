@@ -16,12 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "and report/report.md."
         ),
         epilog="examples: vasomim study examples/study_cimat.yaml --dry-run\n"
-               "          vasomim study examples/study_cimat.yaml finetune.epochs=50",
+               "          vasomim study examples/study_cimat.yaml finetune.epochs=50\n"
+               "          vasomim study examples/study_arcade.yaml --archive benchmarks/results/study_arcade",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("study", help="study YAML file (see examples/)")
     p.add_argument("overrides", nargs="*", help="overrides key=value, e.g. finetune.epochs=50 out=runs/x")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
+    p.add_argument("--archive", metavar="DIR",
+                   help="run nothing: copy the text records of the finished stages (configs, logs, summaries, "
+                        "per-image scores; no weights) and the report to DIR, in the study's layout")
     p.set_defaults(func=run)
 
 
@@ -29,10 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from vasomim.config import build_config
-    from vasomim.engines.study import StudyConfig, run_study
+    from vasomim.engines.study import StudyConfig, archive_study, run_study
 
     try:
         cfg = build_config(StudyConfig, args.study, args.overrides)
+        if args.archive:
+            kept = archive_study(cfg, args.archive)
+            print(f"archived {len(kept)} records of {cfg.out} in {args.archive}")
+            return 0
         report = run_study(cfg, dry_run=args.dry_run, command=" ".join(["vasomim", "study", args.study, *args.overrides]))
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)

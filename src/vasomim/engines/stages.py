@@ -9,6 +9,11 @@ leaves no ``stage.json``: the next run starts it again (engines resume from thei
 checkpoint inside the same folder).  A stage whose run returns ``{"partial": True, ...}`` (a study
 told to run only some of its fine-tuning runs this session) leaves ``partial.json`` instead: the
 report shows what it holds, and the next run continues it.
+
+:func:`archive_records` copies the small text records of the finished and partial stages (configs,
+logs, per-image scores, summaries; no weights, images or masks) to a folder of their own, laid out
+like the study: figures quoted from a study can be re-derived from the archive when the study
+folder itself is gone (``vasomim evaluate --compare`` reads its fine-tuning folders).
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from vasomim.config import config_hash
-from vasomim.data.io import write_text_atomic
+from vasomim.data.io import atomic_file, write_text_atomic
+
+# The records a study stage writes that say what it did and how well (text, small); weights,
+# images, masks and the figures of the report stay behind.
+RECORD_NAMES = ("stage.json", "partial.json", "stage_config.json", "config.json", "summary.json",
+                "per_image.csv", "log.jsonl")
 
 
 @dataclass
@@ -165,3 +175,46 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         report.recorded_seconds[ident] = round(dt, 1)
     return report
 
+
+
+def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str | os.PathLike,
+                    names: Iterable[str] = RECORD_NAMES, max_bytes: int = 2_000_000) -> list[Path]:
+    """Copy the text records of every finished or partial stage under ``root`` to ``dest``.
+
+    Each stage's folder ``<kind>/<name>-<key>`` is mirrored under ``dest`` with the files named in
+    ``names`` found anywhere below it (a fine-tune's ``seed0/fold0/log.jsonl`` keeps its place).
+    Stages that have not finished or started are skipped; a file is rewritten only when its content
+    changed, through a temporary file (a reader never sees half of one).
+
+    Args:
+        stages: the study's stages (their dependencies are added).
+        root: the study folder.
+        dest: the archive folder (created).
+        names: the file names to copy.
+        max_bytes: a file larger than this is not a record: it is skipped with a warning.
+
+    Returns:
+        The archive paths written or already up to date, sorted.
+    """
+    root, dest = Path(root), Path(dest)
+    if dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents:
+        raise ValueError(f"{dest}: the archive must lie outside the study folder {root}")
+    wanted = set(names)
+    kept: list[Path] = []
+    for s in topological(list(stages)):
+        src = s.dir(root)
+        if s.results(root) is None:
+            continue
+        for f in sorted(p for p in src.rglob("*") if p.name in wanted and p.is_file()):
+            size = f.stat().st_size
+            if size > max_bytes:
+                logging.getLogger(__name__).warning("%s: %d bytes, not archived (over %d)", f, size, max_bytes)
+                continue
+            target = dest / f.relative_to(root)
+            data = f.read_bytes()
+            if not (target.is_file() and target.read_bytes() == data):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(target) as fh:
+                    fh.write(data)
+            kept.append(target)
+    return sorted(kept)

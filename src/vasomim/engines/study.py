@@ -41,7 +41,7 @@ from vasomim.engines.evaluate import csv_text, summarize_rows
 from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items
 from vasomim.engines.pretrain import PretrainConfig, pretrain
 from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
-from vasomim.engines.stages import Stage, run_stages
+from vasomim.engines.stages import Stage, archive_records, run_stages
 from vasomim.engines.study_report import write_study_report
 from vasomim.metrics import evaluate_pair
 
@@ -496,3 +496,27 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, command: str | None = Non
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.json").write_text(json.dumps(cfg.model_dump(), indent=2, default=str))
     return write_study_report(cfg, graph, root, report, time.perf_counter() - t0, command)
+
+
+def archive_study(cfg: StudyConfig, dest: str | os.PathLike) -> list[Path]:
+    """Copy the text records of the study's finished and partial stages, and its report, to ``dest``.
+
+    Runs nothing. The archive holds every stage's configs, logs, summaries and per-image scores in
+    the study's own layout (``finetune/<arm>@<fraction>-<key>/per_image.csv``, ...), small enough
+    to keep beside the figures they back (see :func:`vasomim.engines.stages.archive_records`).
+    """
+    root = Path(cfg.out)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such study folder (nothing has run yet, or `out` points elsewhere)")
+    graph = build_stages(cfg)
+    stages = [*graph["finetune"].values(), *graph["pretrain"].values(), *graph["frangi"]]
+    if graph["spt"] is not None:
+        stages.append(graph["spt"])
+    kept = archive_records(stages, root, dest)
+    report = root / "report" / "report.md"
+    if report.is_file():
+        target = Path(dest) / "report" / "report.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(target, report.read_text())
+        kept.append(target)
+    return kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -342,3 +343,30 @@ def test_loaded_pos_embed_equals_the_hand_written_resampling(tmp_path, old, new)
     load_encoder_weights(model, tmp_path / "ckpt.pth")
     expected = _hand_written_pos_embed_resample(enc["pos_embed"], new)
     torch.testing.assert_close(model.encoder.pos_embed.detach(), expected, rtol=0, atol=0)
+
+
+def test_safetensors_files_are_byte_reproducible_and_read_back_by_the_library(tmp_path):
+    """The library writes metadata in hash order; ours sorts it, so a re-shipped model is the same file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from vasomim.models.checkpoints import tensors_to_safetensors, write_tensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"b.weight": torch.randn(3, 5, generator=g).half(), "a.bias": torch.arange(7, dtype=torch.int64),
+               "c.scale": torch.randn(2, generator=g)}
+    meta = {"zeta": "last", "format": "pt", "naming": "x", "alpha": "first"}
+    files = {tensors_to_safetensors(tensors, meta) for _ in range(8)}
+    assert len(files) == 1
+    (blob,) = files
+    n = int.from_bytes(blob[:8], "little")
+    assert n % 8 == 0 and list(json.loads(blob[8:8 + n])["__metadata__"]) == sorted(meta)
+    path = write_tensors(tensors, tmp_path / "w" / "enc.safetensors", "x")
+    back = load_file(str(path))  # the library's own reader is the reference
+    assert set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v)
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata() == {"format": "pt", "naming": "x"}
+    assert path.read_bytes() == write_tensors(tensors, tmp_path / "again.safetensors", "x").read_bytes()
+    assert [p.name for p in (tmp_path / "w").iterdir()] == ["enc.safetensors"]  # no temporary file left

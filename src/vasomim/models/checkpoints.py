@@ -19,16 +19,19 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from vasomim.data.io import atomic_file
 from vasomim.models.mae import MaskedAutoencoderViT
 from vasomim.models.segmentation import build_segmentation_model
 from vasomim.models.unext import UNeXt
 from vasomim.models.vit import VIT_SIZES
 
 __all__ = [
+    "tensors_to_safetensors",
     "write_tensors",
     "ENCODER_KEYS",
     "KINDS",
@@ -185,15 +188,35 @@ def read_state_dict(path_or_state: str | Path | Mapping,
     return state, source
 
 
+def tensors_to_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors file of ``tensors`` with ``metadata``, the same bytes on every call.
+
+    The library writes the metadata entries in hash order, so two writes of the same tensors
+    could differ in their header (and a re-shipped model would be a new binary to git). The
+    header is emitted again here with the metadata sorted by key; the tensor entries, their
+    offsets and the data are the library's own.
+    """
+    raw = safetensors_bytes(dict(tensors), metadata=dict(metadata))
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
 def write_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, naming: str) -> Path:
-    """Write a flat tensor dict: safetensors for a ``.safetensors`` path (``naming`` in its metadata),
-    else ``torch.save``; the parent folder is created. Returns the path."""
+    """Write a flat tensor dict: safetensors for a ``.safetensors`` path (``naming`` in its metadata;
+    byte-reproducible, :func:`tensors_to_safetensors`), else ``torch.save``; the parent folder is
+    created, and the file appears whole or not at all (written beside it, then renamed). Returns
+    the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file(dict(tensors), str(path), metadata={"format": "pt", "naming": naming})
-    else:
-        torch.save(dict(tensors), path)
+    with atomic_file(path) as fh:
+        if path.suffix == ".safetensors":
+            fh.write(tensors_to_safetensors(tensors, {"format": "pt", "naming": naming}))
+        else:
+            torch.save(dict(tensors), fh)
     return path
 
 

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from vasomim.data.transforms import TransformConfig
-from vasomim.models.checkpoints import MODEL_FORMAT, adapt_patch_embed, read_state_dict, split_encoder, write_tensors
+from vasomim.data.io import atomic_file
+from vasomim.models.checkpoints import (MODEL_FORMAT, adapt_patch_embed, read_state_dict, split_encoder,
+                                         tensors_to_safetensors, write_tensors)
 
 __all__ = ["encoder_pretrained_cfg", "export_encoder", "export_model_folder", "export_onnx"]
 
@@ -115,7 +116,8 @@ def export_model_folder(model: nn.Module, config: Mapping, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = _cast({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}, dtype)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_file(out / "model.safetensors") as fh:
+        fh.write(tensors_to_safetensors(tensors, {"format": "pt"}))
     meta = {"format": MODEL_FORMAT, "version": 1, "network": dict(config["network"]),
             "input": dict(config["input"])}
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

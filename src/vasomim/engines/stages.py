@@ -210,11 +210,16 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
             if size > max_bytes:
                 logging.getLogger(__name__).warning("%s: %d bytes, not archived (over %d)", f, size, max_bytes)
                 continue
-            target = dest / f.relative_to(root)
-            data = f.read_bytes()
-            if not (target.is_file() and target.read_bytes() == data):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_file(target) as fh:
-                    fh.write(data)
-            kept.append(target)
+            kept.append(copy_if_changed(f, dest / f.relative_to(root)))
     return sorted(kept)
+
+
+def copy_if_changed(src: Path, target: Path) -> Path:
+    """Copy ``src`` to ``target`` unless ``target`` already holds the same bytes; the folder is
+    created and the copy goes through a temporary file (a reader never sees half of it)."""
+    data = src.read_bytes()
+    if not (target.is_file() and target.read_bytes() == data):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(target) as fh:
+            fh.write(data)
+    return target

@@ -41,7 +41,7 @@ from vasomim.engines.evaluate import csv_text, summarize_rows
 from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items
 from vasomim.engines.pretrain import PretrainConfig, pretrain
 from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
-from vasomim.engines.stages import Stage, archive_records, run_stages
+from vasomim.engines.stages import Stage, archive_records, copy_if_changed, run_stages
 from vasomim.engines.study_report import write_study_report
 from vasomim.metrics import evaluate_pair
 
@@ -515,8 +515,5 @@ def archive_study(cfg: StudyConfig, dest: str | os.PathLike) -> list[Path]:
     kept = archive_records(stages, root, dest)
     report = root / "report" / "report.md"
     if report.is_file():
-        target = Path(dest) / "report" / "report.md"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(target, report.read_text())
-        kept.append(target)
+        kept.append(copy_if_changed(report, Path(dest) / "report" / "report.md"))
     return kept

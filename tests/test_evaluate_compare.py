@@ -57,6 +57,40 @@ def test_cli_prints_and_writes_strict_json(tables, tmp_path, capsys):
     assert saved["metrics"]["cldice"]["p"] is None and saved["n_shared"] == 3
 
 
+
+def test_compare_pairs_the_runs_both_tables_hold_and_each_seed(tmp_path, capsys):
+    # A ran seeds 0, 1 and 2; B seeds 0 and 1: seed 2 is left out, and each shared seed is paired alone
+    a = write(tmp_path / "a" / "per_image.csv", "seed,fold,image,dice,cldice\n"
+              "0,0,x.png,0.60,0.6\n0,0,y.png,0.40,0.4\n"
+              "1,0,x.png,0.80,0.8\n1,0,y.png,0.50,0.5\n"
+              "2,0,x.png,0.00,0.0\n2,0,y.png,0.00,0.0\n")
+    b = write(tmp_path / "b" / "per_image.csv", "seed,fold,image,dice,cldice\n"
+              "0,0,x.png,0.50,0.5\n0,0,y.png,0.50,0.5\n"
+              "1,0,x.png,0.70,0.7\n1,0,y.png,0.30,0.3\n")
+    out = compare_per_image(a, b)
+    assert out["runs"] == {"a": ["seed 0 / fold 0", "seed 1 / fold 0", "seed 2 / fold 0"],
+                           "b": ["seed 0 / fold 0", "seed 1 / fold 0"],
+                           "shared": ["seed 0 / fold 0", "seed 1 / fold 0"]}
+    dice = out["metrics"]["dice"]
+    # over seeds 0 and 1: A x 0.70, y 0.45; B x 0.60, y 0.40 -> +0.10, +0.05
+    assert dice["mean_a"] == pytest.approx(0.575) and dice["mean_b"] == pytest.approx(0.50)
+    assert dice["mean"] == pytest.approx(0.075) and dice["better"] == 1.0
+    # seed 0: +0.10, -0.10 -> 0, better on 1 of 2; seed 1: +0.10, +0.20 -> +0.15, 2 of 2
+    s0, s1 = out["per_seed"]["0"]["dice"], out["per_seed"]["1"]["dice"]
+    assert s0["mean"] == pytest.approx(0.0) and s0["better"] == 0.5
+    assert s1["mean"] == pytest.approx(0.15) and s1["better"] == 1.0
+    assert list(out["per_seed"]) == ["0", "1"]
+    assert main(["evaluate", "--compare", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert "over the 2 runs both hold (seed 0 / fold 0, seed 1 / fold 0); A has 3, B 2" in text
+    assert "seed 1: DSC +15.00 ± 7.07, A better on 2 of 2" in text
+    # a table without runs pairs whole, with no per-seed rows
+    c = write(tmp_path / "c" / "per_image.csv", "image,dice,cldice\nx.png,0.5,0.5\ny.png,0.5,0.5\n")
+    whole = compare_per_image(a, c)
+    assert whole["runs"] is None and whole["per_seed"] == {}
+    assert whole["metrics"]["dice"]["mean_a"] == pytest.approx((0.60 + 0.80 + 0.0 + 0.40 + 0.50 + 0.0) / 6)
+
+
 @pytest.mark.parametrize("content, reason", [
     (None, "no such per-image score table"),
     ("", "no image, dice, cldice columns"),

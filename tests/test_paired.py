@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means
+from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means, run_order, shared_runs
 
 
 def test_per_image_means_average_over_seeds():
@@ -106,3 +106,42 @@ def test_paired_rows_compare_each_vasomim_arm_once(tmp_path):
     assert last["ΔclDice (points)"].startswith("+3.33 ± ")
     assert last["DSC p"] != "-"
     assert paired_rows({"finetune": {("unet", 0.1): graph["finetune"][("unet", 0.1)]}}, tmp_path) == []
+
+
+def test_shared_runs_keep_the_seeds_and_folds_both_tables_hold():
+    def rows(runs):
+        return [{"seed": str(s), "fold": str(f), "image": f"im{f}", "dice": 0.5} for s, f in runs]
+
+    a = rows([(0, 0), (0, 1), (1, 0), (1, 1), (10, 0)])
+    b = rows([(0, 0), (0, 1), (2, 0), (10, 0)])
+    ra, rb, runs = shared_runs(a, b)
+    assert runs == [("0", "0"), ("0", "1"), ("10", "0")]  # numeric order: 10 after 0
+    assert [(r["seed"], r["fold"]) for r in ra] == [("0", "0"), ("0", "1"), ("10", "0")]
+    assert [(r["seed"], r["fold"]) for r in rb] == [("0", "0"), ("0", "1"), ("10", "0")]
+    # no run in common, or a table without runs (an `evaluate --out` table): both whole, nothing paired by run
+    assert shared_runs(rows([(1, 0)]), rows([(2, 0)])) == (rows([(1, 0)]), rows([(2, 0)]), None)
+    plain = [{"image": "im0", "dice": 0.4}]
+    assert shared_runs(a, plain) == (a, plain, None)
+    assert sorted([("10", "0"), ("9", "1"), ("9", "0"), ("x", "0")], key=run_order) == \
+        [("9", "0"), ("9", "1"), ("10", "0"), ("x", "0")]
+
+
+def test_paired_rows_pair_only_the_seeds_both_arms_ran(tmp_path):
+    """A reference arm with seeds 0 and 1 against an arm with seed 0 alone: seed 0 against seed 0."""
+    from vasomim.engines.study_report import paired_rows
+
+    scores = {"unet_vasomim": {0: [0.8, 0.5], 1: [0.2, 0.1]}, "unet": {0: [0.6, 0.6]}}
+    graph = {"finetune": {}}
+    for arm, by_seed in scores.items():
+        path = tmp_path / f"{arm}.csv"
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, ("image", "seed", "fold", "dice", "cldice"))
+            w.writeheader()
+            for seed, dice in by_seed.items():
+                for i, x in enumerate(dice):
+                    w.writerow({"image": f"im{i}", "seed": seed, "fold": 0, "dice": x, "cldice": x})
+        graph["finetune"][(arm, 0.1)] = _Stage(f"{arm}@0.1", path)
+    (row,) = paired_rows(graph, tmp_path)
+    # seed 0 only: +0.2, -0.1 -> +5.00 points (with seed 1 averaged in it would be -15.00)
+    assert row["ΔDSC (points)"].startswith("+5.00 ± ")
+    assert row["ΔDSC per fold"] == "+5.00 ± 0.00 (n=1)"

@@ -18,7 +18,37 @@ from typing import Iterable, Mapping
 
 from scipy.stats import wilcoxon
 
-__all__ = ["per_image_means", "per_run_means", "paired_difference"]
+__all__ = ["per_image_means", "per_run_means", "paired_difference", "run_order", "shared_runs"]
+
+
+def shared_runs(a: list[Mapping], b: list[Mapping]) -> tuple[list[Mapping], list[Mapping], list[tuple[str, str]] | None]:
+    """The rows of the runs (seed, fold) that both score tables hold.
+
+    Two fine-tuning tables with different seeds (a stage that has run seeds 0 and 1 beside one
+    that has run seed 0) would otherwise be paired as the mean of two runs against one run. When
+    both tables have ``seed`` and ``fold`` columns and share at least one run, the rows of the
+    other runs are dropped. Tables without those columns (``vasomim evaluate --out``), or with no
+    run in common, are returned whole.
+
+    Returns:
+        ``(rows of a, rows of b, shared runs)``: the runs as sorted ``(seed, fold)`` pairs, or None
+        when nothing was filtered because the tables cannot be paired run by run.
+    """
+    def run(row):
+        return (str(row["seed"]), str(row["fold"]))
+
+    if not a or not b or any(k not in a[0] or k not in b[0] for k in ("seed", "fold")):
+        return a, b, None
+    shared = {run(r) for r in a} & {run(r) for r in b}
+    if not shared:
+        return a, b, None
+    return ([r for r in a if run(r) in shared], [r for r in b if run(r) in shared],
+            sorted(shared, key=run_order))
+
+
+def run_order(run: tuple[str, str]) -> tuple:
+    """Sort key of a ``(seed, fold)`` run read from a CSV: numbers in numeric order (2 before 10)."""
+    return tuple((0, int(t), "") if t.lstrip("-").isdigit() else (1, 0, t) for t in run)
 
 
 def per_image_means(rows: Iterable[Mapping], metric: str = "dice") -> dict[str, float]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from vasomim.analysis.paired import paired_difference, per_image_means
+from vasomim.analysis.paired import paired_difference, per_image_means, run_order, shared_runs
 from vasomim.data.io import IMAGE_SUFFIXES, ImageReadError, read_mask, write_text_atomic
 from vasomim.data.sources import Item, load_source, scan_files
 from vasomim.engines.predict import iter_predictions
@@ -277,23 +277,35 @@ def compare_per_image(a: str | os.PathLike, b: str | os.PathLike,
     """Paired per-image differences of two score tables, A minus B.
 
     Each table's score of an image is its mean over the table's rows for that image (the seeds
-    and folds that held it out), then the images both tables scored are paired.
+    and folds that held it out), then the images both tables scored are paired. Two fine-tuning
+    tables are first cut to the runs (seed, fold) they share (:func:`~vasomim.analysis.paired.shared_runs`),
+    so that a stage with more seeds is not averaged over runs the other lacks; with more than one
+    shared seed, each seed is also paired on its own (``per_seed``), to show the seed-to-seed spread.
 
     Args:
         a, b: ``per_image.csv`` files, or folders holding one (:func:`read_per_image`).
         metrics: the columns to compare.
 
     Returns:
-        ``{"a", "b", "n_a", "n_b", "n_shared", "metrics": {metric: {"mean_a", "mean_b", "n", "mean",
-        "std", "sem", "better", "p"}}}``: the means of A and B over the shared images, then
-        :func:`~vasomim.analysis.paired.paired_difference` of A minus B (``p`` None when fewer
-        than two images differ).
+        ``{"a", "b", "n_a", "n_b", "n_shared", "runs", "metrics": {metric: {"mean_a", "mean_b", "n",
+        "mean", "std", "sem", "better", "p"}}, "per_seed": {seed: {metric: {...}}}}``: the means of
+        A and B over the shared images, then :func:`~vasomim.analysis.paired.paired_difference` of
+        A minus B (``p`` None when fewer than two images differ). ``runs`` is ``{"a": [...], "b":
+        [...], "shared": [...]}`` of ``"seed S / fold F"`` names, or None for tables without runs;
+        ``per_seed`` is empty unless the tables share two seeds or more.
 
     Raises:
         ValueError: one line naming the files when a table cannot be read or the two share no image.
     """
-    rows_a, rows_b = read_per_image(a, metrics), read_per_image(b, metrics)
-    out = {"a": str(a), "b": str(b), "metrics": {}}
+    all_a, all_b = read_per_image(a, metrics), read_per_image(b, metrics)
+    rows_a, rows_b, runs = shared_runs(all_a, all_b)
+    out = {"a": str(a), "b": str(b), "runs": None, "metrics": {}, "per_seed": {}}
+    if runs is not None:
+        def names(rows):
+            return sorted({(r["seed"], r["fold"]) for r in rows}, key=run_order)
+
+        out["runs"] = {k: [f"seed {s} / fold {f}" for s, f in v]
+                       for k, v in (("a", names(all_a)), ("b", names(all_b)), ("shared", runs))}
     for m in metrics:
         sa, sb = per_image_means(rows_a, m), per_image_means(rows_b, m)
         shared = sorted(set(sa) & set(sb))
@@ -301,11 +313,19 @@ def compare_per_image(a: str | os.PathLike, b: str | os.PathLike,
             raise ValueError(f"{a} and {b}: no image in common ({len(sa)} and {len(sb)} images, e.g. "
                              f"{next(iter(sa))!r} and {next(iter(sb))!r}): were they scored on the same data?")
         out.update(n_a=len(sa), n_b=len(sb), n_shared=len(shared))
-        d = paired_difference(sa, sb)
-        d["p"] = None if d["p"] != d["p"] else d["p"]  # NaN (nothing to test) is no JSON number
         out["metrics"][m] = {"mean_a": sum(sa[i] for i in shared) / len(shared),
-                             "mean_b": sum(sb[i] for i in shared) / len(shared), **d}
+                             "mean_b": sum(sb[i] for i in shared) / len(shared), **_json_p(paired_difference(sa, sb))}
+    seeds = sorted({s for s, _ in runs or ()}, key=lambda s: run_order((s,)))
+    for seed in seeds if len(seeds) > 1 else ():
+        ra, rb = ([r for r in rows if r["seed"] == seed] for rows in (rows_a, rows_b))
+        out["per_seed"][seed] = {m: _json_p(paired_difference(per_image_means(ra, m), per_image_means(rb, m)))
+                                 for m in metrics}
     return out
+
+
+def _json_p(d: dict) -> dict:
+    """``paired_difference``'s result with a NaN p (nothing to test) as None: NaN is no JSON number."""
+    return {**d, "p": None if d["p"] != d["p"] else d["p"]}
 
 
 def format_comparison(result: dict) -> str:
@@ -321,4 +341,13 @@ def format_comparison(result: dict) -> str:
         lines.append(f"{LABELS.get(m, m):<8} {100 * d['mean_a']:>7.2f} {100 * d['mean_b']:>7.2f} "
                      f"{100 * d['mean']:>+8.2f} ± {100 * d['std']:<6.2f} {100 * d['sem']:>5.2f} "
                      f"{round(d['better'] * d['n']):>5} of {d['n']:<4} {p:>10}")
+    runs = result.get("runs")
+    if runs and (len(runs["shared"]) < len(runs["a"]) or len(runs["shared"]) < len(runs["b"])):
+        lines.append(f"over the {len(runs['shared'])} runs both hold ({', '.join(runs['shared'])}); "
+                     f"A has {len(runs['a'])}, B {len(runs['b'])}")
+    for seed, per in result.get("per_seed", {}).items():
+        lines.append(f"seed {seed}: " + "; ".join(
+            f"{LABELS.get(m, m)} {100 * d['mean']:+.2f} ± {100 * d['std']:.2f}, A better on "
+            f"{round(d['better'] * d['n'])} of {d['n']}, p {'-' if d['p'] is None else format(d['p'], '.3g')}"
+            for m, d in per.items()))
     return "\n".join(lines)

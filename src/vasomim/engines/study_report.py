@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from vasomim.analysis.clustering import clustering_analysis, mae_encoder_forward, patch_embeddings, scores_rows
 from vasomim.analysis.curves import format_score, plot_sweep
 from vasomim.analysis.masking_stats import masking_map_analysis, plot_vessel_share, vessel_share_curves
-from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means
+from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means, shared_runs
 from vasomim.analysis.reconstruction import reconstruction_panel
 from vasomim.analysis.report import Report
 from vasomim.data.sources import AnatomySource
@@ -73,21 +73,22 @@ REFERENCES = ("vasomim", "unet_vasomim")  # the arms the paired tables compare e
 def paired_rows(graph: dict, root: Path, references: tuple[str, ...] = REFERENCES) -> list[dict]:
     """Per label fraction, each reference arm minus every other fine-tune arm, paired per image (in %).
 
-    Each arm's score of an image is its mean over the runs that held the image out (seeds); the
-    table gives the mean ± sample std of the per-image differences over the images, the standard
-    error, the share of images where the reference is better and the Wilcoxon signed-rank p-value;
-    then the same difference of the runs' means (one per fold and seed: the per-fold differences),
+    Each arm's score of an image is its mean over the runs that held the image out, among the runs
+    (seeds) both arms have (:func:`~vasomim.analysis.paired.shared_runs`); the table gives the
+    mean ± sample std of the per-image differences over the images, the standard error, the share
+    of images where the reference is better and the Wilcoxon signed-rank p-value; then the same
+    difference of the runs' means (one per fold and seed: the per-fold differences),
     mean ± std over the runs. The references are the VasoMIM arms (the ViT's ``vasomim``, the CNN's
     ``unet_vasomim``) that the study has; a pair of references is compared once, in the order
     given. Empty without a reference arm.
     """
     read: dict[str, list[dict]] = {}  # each stage's per_image.csv, read once
 
-    def scores(stage, metric, by=per_image_means):
+    def table(stage):
         if stage.name not in read:
             with open(stage.results(root)["per_image"], newline="") as fh:
                 read[stage.name] = list(csv.DictReader(fh))
-        return by(read[stage.name], metric)
+        return read[stage.name]
 
     rows = []
     fractions = sorted({frac for _, frac in graph["finetune"]})
@@ -101,13 +102,14 @@ def paired_rows(graph: dict, root: Path, references: tuple[str, ...] = REFERENCE
                 if f != frac or arm == reference or arm in done:
                     continue
                 row = {"labels": f"{frac:g}", "comparison": f"{reference} - {arm}"}
+                rows_ref, rows_arm, _ = shared_runs(table(ref), table(stage))  # the runs (seeds) both have
                 for metric, name in (("dice", "DSC"), ("cldice", "clDice")):
-                    d = paired_difference(scores(ref, metric), scores(stage, metric))
+                    d = paired_difference(per_image_means(rows_ref, metric), per_image_means(rows_arm, metric))
                     row[f"Δ{name} (points)"] = f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
                     row[f"{name} s.e."] = f"{100 * d['sem']:.2f}"
                     row[f"{name} better on"] = f"{100 * d['better']:.0f}% of {d['n']}"
                     row[f"{name} p"] = "-" if math.isnan(d["p"]) else f"{d['p']:.2g}"
-                    runs = paired_difference(scores(ref, metric, per_run_means), scores(stage, metric, per_run_means))
+                    runs = paired_difference(per_run_means(rows_ref, metric), per_run_means(rows_arm, metric))
                     row[f"Δ{name} per fold"] = f"{100 * runs['mean']:+.2f} ± {100 * runs['std']:.2f} (n={runs['n']})"
                 rows.append(row)
             done.append(reference)

@@ -84,6 +84,9 @@ def test_compare_pairs_the_runs_both_tables_hold_and_each_seed(tmp_path, capsys)
     text = capsys.readouterr().out
     assert "over the 2 runs both hold (seed 0 / fold 0, seed 1 / fold 0); A has 3, B 2" in text
     assert "seed 1: DSC +15.00 ± 7.07, A better on 2 of 2" in text
+    b1 = write(tmp_path / "b1" / "per_image.csv", "seed,fold,image,dice,cldice\n0,0,x.png,0.5,0.5\n")
+    assert main(["evaluate", "--compare", str(a), str(b1)]) == 0
+    assert "over the run both hold (seed 0 / fold 0); A has 3, B 1" in capsys.readouterr().out
     # a table without runs pairs whole, with no per-seed rows
     c = write(tmp_path / "c" / "per_image.csv", "image,dice,cldice\nx.png,0.5,0.5\ny.png,0.5,0.5\n")
     whole = compare_per_image(a, c)

@@ -343,7 +343,8 @@ def format_comparison(result: dict) -> str:
                      f"{round(d['better'] * d['n']):>5} of {d['n']:<4} {p:>10}")
     runs = result.get("runs")
     if runs and (len(runs["shared"]) < len(runs["a"]) or len(runs["shared"]) < len(runs["b"])):
-        lines.append(f"over the {len(runs['shared'])} runs both hold ({', '.join(runs['shared'])}); "
+        n = len(runs["shared"])
+        lines.append(f"over the {'run' if n == 1 else f'{n} runs'} both hold ({', '.join(runs['shared'])}); "
                      f"A has {len(runs['a'])}, B {len(runs['b'])}")
     for seed, per in result.get("per_seed", {}).items():
         lines.append(f"seed {seed}: " + "; ".join(

@@ -333,3 +333,18 @@ def test_unet_arm_from_its_config_and_its_init_rule(data, tmp_path, capsys):
     rc = main(["finetune", "--data", str(data), "--out", str(tmp_path / "bad"), "--quiet", "folds=0"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "folds" in err and "\n" not in err
+
+
+def test_a_run_another_job_holds_is_skipped_and_left_to_it(data, tmp_path, caplog):
+    from vasomim.engines.common import claim
+
+    cfg = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4, folds=1,
+                         seeds=[0, 1], **TINY)
+    with claim(tmp_path / "run" / "seed1" / "fold0"):  # seed 1 is being trained by another job
+        summary = finetune(cfg, progress=False)
+    assert summary["busy"] == ["seed 1 / fold 0"] and [r["seed"] for r in summary["runs"]] == [0]
+    assert {r["seed"] for r in summary_rows(tmp_path / "run")} == {"0"}
+    assert not (tmp_path / "run" / "seed1" / "fold0" / "last.pth").exists()  # never touched
+    assert any("seed 1 fold 0: skipped" in r.message and "in use by process" in r.message for r in caplog.records)
+    again = finetune(cfg, resume=True, progress=False)  # free now: the next job trains it
+    assert "busy" not in again and [r["seed"] for r in again["runs"]] == [0, 1]

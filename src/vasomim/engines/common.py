@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import random
+import socket
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,94 @@ import torch.distributed as dist
 from torch import nn
 
 from vasomim.data.io import atomic_file
+
+
+class FolderInUse(RuntimeError):
+    """Another live process holds the folder (see :func:`claim`)."""
+
+
+#: The marker :func:`claim` leaves in a folder while a process works in it.
+IN_USE = ".in_use.json"
+
+
+def folder_holder(folder: str | os.PathLike) -> dict | None:
+    """Who holds ``folder`` (``{"pid", "host", "since"}``), or None when nobody alive does.
+
+    A marker left by a process of this host that no longer runs, or one that cannot be read, is
+    stale: it counts as free. A marker of another host cannot be checked and counts as held.
+    """
+    try:
+        holder = json.loads((Path(folder) / IN_USE).read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # cut short by a crash: stale
+    if host != socket.gethostname():
+        return holder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return holder
+
+
+def _create_exclusive(source: Path, target: Path) -> None:
+    """``target`` with ``source``'s content, or FileExistsError if it exists: a hard link, which
+    never shows a half-written file; where links are not supported, an exclusive create."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(source.read_text())
+
+
+@contextmanager
+def claim(folder: str | os.PathLike):
+    """Hold ``folder`` for this process while the block runs, so that two jobs never train into it.
+
+    The marker (:data:`IN_USE`: pid, host, start time) is created atomically (written aside, then
+    hard-linked into place, which fails if one exists) and removed at the end. A stale marker (its
+    process is gone) is taken over.
+
+    Raises:
+        FolderInUse: one line naming the folder and the live process (pid, host, since) that holds it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / IN_USE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    aside = folder / f".in_use.{os.getpid()}.tmp"
+    aside.write_text(json.dumps(me))
+    try:
+        for _ in range(3):
+            try:
+                _create_exclusive(aside, marker)
+                break
+            except FileExistsError:
+                holder = folder_holder(folder)
+                if holder is not None:
+                    raise FolderInUse(f"{folder}: in use by process {holder.get('pid')} on {holder.get('host')} "
+                                      f"since {holder.get('since')} (another job); if that process is gone, "
+                                      f"delete {marker}") from None
+                marker.unlink(missing_ok=True)  # stale
+        else:
+            raise FolderInUse(f"{folder}: could not take over the stale {marker}")
+    finally:
+        aside.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(marker.read_text()) == me:
+                marker.unlink()
+        except (OSError, ValueError):
+            pass
 
 
 @dataclass(frozen=True)

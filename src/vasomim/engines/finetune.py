@@ -20,6 +20,7 @@ from vasomim.config import config_to_dict
 from vasomim.data.check import pair_size_problems
 from vasomim.data.io import looked_for, write_text_atomic
 from vasomim.data.sources import Item, load_source
+from vasomim.engines.common import FolderInUse, claim
 from vasomim.engines.evaluate import METRICS, csv_text, format_table, summarize_rows
 from vasomim.engines.finetune_config import AugmentConfig, FinetuneConfig, network_config
 from vasomim.engines.finetune_run import RunPlan, RunResult, initialize, train_run
@@ -174,7 +175,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
 
     Returns:
         The summary (also in ``out/summary.json``): per run the held-out means, and ``metrics``
-        ``{"dice"|"cldice"|"tprec"|"tsens": {"mean", "std"}}`` over the runs.
+        ``{"dice"|"cldice"|"tprec"|"tsens": {"mean", "std"}}`` over the runs. A run that another
+        live job is training (:func:`~vasomim.engines.common.claim`) is skipped with a warning and
+        tried once more at the end; if it is still held, the summary lists it under ``busy`` and
+        leaves it out of the scores.
     """
     out = Path(cfg.out)
     items = labelled_items(cfg.data)
@@ -188,6 +192,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
     write_text_atomic(out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     t0 = time.perf_counter()
     results: list[RunResult] = []
+    plans: list[RunPlan] = []
     remaining = stop_after
     for seed in cfg.seeds:
         for fold, (train_idx, val_idx) in enumerate(splits):
@@ -198,13 +203,29 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
             train_idx = subsample(train_idx, cfg.label_fraction, [cfg.split_seed, fold])
             plan = RunPlan(seed, fold, [items[i] for i in train_idx], [held_out[i] for i in val_idx],
                            out / f"seed{seed}" / f"fold{fold}")
-            res = train_run(cfg, plan, resume, progress, remaining)
+            plans.append(plan)
+    busy: list[RunPlan] = []
+    for attempt in range(2):  # runs another job holds are skipped, then tried once more at the end
+        for plan in plans if attempt == 0 else list(busy):
+            try:
+                with claim(plan.run_dir):
+                    res = train_run(cfg, plan, resume, progress, remaining)
+            except FolderInUse as e:
+                if attempt == 0:
+                    busy.append(plan)
+                    logger.warning(f"[finetune] seed {plan.seed} fold {plan.fold}: skipped, {e}")
+                continue
+            if attempt == 1:
+                busy.remove(plan)
             if res is None:
                 return None
             if remaining is not None:
                 remaining -= res.trained_epochs
             results.append(res)
+    results.sort(key=lambda r: (r.seed, r.fold))
     summary = _summary(cfg, results, time.perf_counter() - t0)
+    if busy:
+        summary["busy"] = [f"seed {p.seed} / fold {p.fold}" for p in busy]
     rows = [{"seed": r.seed, "fold": r.fold, **row} for r in results for row in r.rows]
     write_text_atomic(out / "per_image.csv", csv_text(rows, ("seed", "fold", "image", *METRICS)))
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -10,6 +10,11 @@ checkpoint inside the same folder).  A stage whose run returns ``{"partial": Tru
 told to run only some of its fine-tuning runs this session) leaves ``partial.json`` instead: the
 report shows what it holds, and the next run continues it.
 
+Several study jobs may run side by side on one study folder (one per arm, or per seed). A stage is
+held by the job that runs it (:func:`~vasomim.engines.common.claim`); another job that needs it
+waits, then takes its outputs. A ``shared`` stage (the fine-tunes, whose seeds and folds separate
+jobs may train at once) is not held as a whole: each of its runs is.
+
 :func:`archive_records` copies the small text records of the finished and partial stages (configs,
 logs, per-image scores, summaries; no weights, images or masks) to a folder of their own, laid out
 like the study: figures quoted from a study can be re-derived from the archive when the study
@@ -22,12 +27,14 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from vasomim.config import config_hash
 from vasomim.data.io import atomic_file, write_text_atomic
+from vasomim.engines.common import FolderInUse, claim
 
 # The records a study stage writes that say what it did and how well (text, small); weights,
 # images, masks and the figures of the report stay behind.
@@ -48,6 +55,8 @@ class Stage:
         cost: a rough cost estimate in CPU-minutes for ``--dry-run``.
         remaining: ``stage_dir -> CPU-minutes`` still to spend on a started stage (what its
             finished epochs and runs leave of ``cost``); None: ``cost``.
+        shared: several jobs may work in the stage at once (each holds its own runs); otherwise
+            the job that runs it holds the whole stage folder and the others wait.
     """
 
     kind: str
@@ -57,6 +66,7 @@ class Stage:
     deps: list["Stage"] = field(default_factory=list)
     cost: float = 0.0
     remaining: Callable[[Path], float] | None = None
+    shared: bool = False
 
     def cost_left(self, root: Path) -> float:
         """The estimate of what running the stage now costs (0 when it is finished)."""
@@ -121,7 +131,25 @@ class RunReport:
     recorded_seconds: dict[str, float | None] = field(default_factory=dict)  # every stage, cached ones too
 
 
-def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = False, log=None) -> RunReport:
+@contextmanager
+def _held(folder: Path, say, what: str, poll: float):
+    """Hold ``folder`` for the block, first waiting (a line, then every ``poll`` s) while another job does."""
+    with ExitStack() as stack:
+        told = False
+        while True:
+            try:
+                stack.enter_context(claim(folder))
+                break
+            except FolderInUse as e:
+                if not told:
+                    say(f"{what}: waiting, {e}")
+                    told = True
+                time.sleep(poll)
+        yield
+
+
+def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = False, log=None,
+               poll: float = 30.0) -> RunReport:
     """Run what is missing, in dependency order; print one progress line per stage.
 
     Args:
@@ -129,6 +157,7 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         root: the study folder.
         dry_run: only print the plan (``run`` / ``cached``) and the estimated cost.
         log: a callable taking one line (default: print to stderr).
+        poll: seconds between looks at a stage that another job is running.
     """
     root = Path(root)
     say = log or logging.getLogger(__name__).info
@@ -149,32 +178,41 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
     for i, s in enumerate(order, 1):
         ident = f"{s.kind}/{s.name}"
         prefix = f"[{i}/{len(order)}] {ident}"
-        record = s.record(root)
-        if record is not None:
-            say(f"{prefix}: cached ({s.dir(root)})")
-            report.cached.append(ident)
-            report.outputs[ident] = record["outputs"]
-            report.recorded_seconds[ident] = record.get("seconds")
-            continue
-        say(f"{prefix}: running ...")
         d = s.dir(root)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "stage_config.json").write_text(json.dumps(s.config, indent=2, default=str))
-        t0 = time.perf_counter()
-        dep_out = {f"{dep.kind}/{dep.name}": report.outputs[f"{dep.kind}/{dep.name}"] for dep in s.deps}
-        outputs = s.run(d, s.config, dep_out)
-        dt = time.perf_counter() - t0
-        partial = bool(outputs.get("partial"))
-        write_text_atomic(d / ("partial.json" if partial else "stage.json"),
-                          json.dumps({"kind": s.kind, "name": s.name, "key": s.key, "seconds": round(dt, 1),
-                                      "outputs": outputs}, indent=2, default=str))
-        say(f"{prefix}: {'partly done' if partial else 'done'} in {dt:.0f} s")
-        report.ran.append(ident)
-        report.outputs[ident] = outputs
-        report.seconds[ident] = dt
-        report.recorded_seconds[ident] = round(dt, 1)
+        record = s.record(root)
+        if record is None:
+            d.mkdir(parents=True, exist_ok=True)
+            hold = nullcontext() if s.shared else _held(d, say, prefix, poll)
+            with hold:
+                record = s.record(root)  # another job may have finished it while this one waited
+                if record is None:
+                    say(f"{prefix}: running ...")
+                    write_text_atomic(d / "stage_config.json", json.dumps(s.config, indent=2, default=str))
+                    t0 = time.perf_counter()
+                    dep_out = {f"{dep.kind}/{dep.name}": report.outputs[f"{dep.kind}/{dep.name}"] for dep in s.deps}
+                    outputs = s.run(d, s.config, dep_out)
+                    dt = time.perf_counter() - t0
+                    _finish(s, d, outputs, dt, prefix, report, say)
+                    continue
+        say(f"{prefix}: cached ({d})")
+        report.cached.append(ident)
+        report.outputs[ident] = record["outputs"]
+        report.recorded_seconds[ident] = record.get("seconds")
     return report
 
+
+def _finish(s: Stage, d: Path, outputs: dict, dt: float, prefix: str, report: RunReport, say) -> None:
+    """Write a stage's ``stage.json`` (``partial.json`` when it is partial) and enter it in the report."""
+    ident = f"{s.kind}/{s.name}"
+    partial = bool(outputs.get("partial"))
+    write_text_atomic(d / ("partial.json" if partial else "stage.json"),
+                      json.dumps({"kind": s.kind, "name": s.name, "key": s.key, "seconds": round(dt, 1),
+                                  "outputs": outputs}, indent=2, default=str))
+    say(f"{prefix}: {'partly done' if partial else 'done'} in {dt:.0f} s")
+    report.ran.append(ident)
+    report.outputs[ident] = outputs
+    report.seconds[ident] = dt
+    report.recorded_seconds[ident] = round(dt, 1)
 
 
 def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str | os.PathLike,

@@ -280,7 +280,9 @@ def _run_finetune(d: Path, config: dict, deps: dict, only: StudyPart | None = No
     summary = finetune(cfg, resume=bool(started), runs=None if runs == every else runs)
     out = {"metrics": summary["metrics"], "runs": summary["runs"], "per_image": str(d / "per_image.csv"),
            "wall_s": summary["wall_s"]}
-    if runs != every:
+    if summary.get("busy"):  # runs another job was training: they are left to it
+        out["busy"] = summary["busy"]
+    if runs != every or summary.get("busy"):
         out.update(partial=True, n_runs_planned=len(every))
     return out
 
@@ -466,7 +468,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
             finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v,
                                                  partial(_run_finetune, only=cfg.only), deps=deps,
                                                  cost=_finetune_minutes(v, n_labelled) * _share(v, cfg.only),
-                                                 remaining=_finetune_remaining(v, n_labelled, cfg.only))
+                                                 remaining=_finetune_remaining(v, n_labelled, cfg.only),
+                                                 shared=True)  # jobs for other seeds may train in it too
     frangi: list[Stage] = []
     if cfg.frangi:
         # the paper's baseline row (its recipe), then the study's own anatomy recipe when it differs

@@ -84,19 +84,27 @@ class _Stage:
         return {"per_image": str(self.path)}
 
 
-def test_paired_rows_compare_each_vasomim_arm_once(tmp_path):
-    from vasomim.engines.study_report import paired_rows
-
-    scores = {"vasomim": [0.7, 0.6, 0.9], "unet_vasomim": [0.8, 0.5, 0.7], "unet": [0.6, 0.6, 0.6]}
+def _finetune_graph(tmp_path, scores, cldice):
+    """A study graph of fine-tune arms at 10% labels, each with a per_image.csv: ``{arm: {seed: [dice
+    of im0, im1, ...]}}`` (fold 0), clDice ``cldice(dice)``."""
     graph = {"finetune": {}}
-    for arm, dice in scores.items():
+    for arm, by_seed in scores.items():
         path = tmp_path / f"{arm}.csv"
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, ("image", "seed", "fold", "dice", "cldice"))
             w.writeheader()
-            for i, x in enumerate(dice):
-                w.writerow({"image": f"im{i}", "seed": 0, "fold": 0, "dice": x, "cldice": x / 2})
+            for seed, dice in by_seed.items():
+                for i, x in enumerate(dice):
+                    w.writerow({"image": f"im{i}", "seed": seed, "fold": 0, "dice": x, "cldice": cldice(x)})
         graph["finetune"][(arm, 0.1)] = _Stage(f"{arm}@0.1", path)
+    return graph
+
+
+def test_paired_rows_compare_each_vasomim_arm_once(tmp_path):
+    from vasomim.engines.study_report import paired_rows
+
+    scores = {"vasomim": {0: [0.7, 0.6, 0.9]}, "unet_vasomim": {0: [0.8, 0.5, 0.7]}, "unet": {0: [0.6, 0.6, 0.6]}}
+    graph = _finetune_graph(tmp_path, scores, cldice=lambda x: x / 2)
     rows = paired_rows(graph, tmp_path)
     assert [r["comparison"] for r in rows] == ["vasomim - unet_vasomim", "vasomim - unet", "unet_vasomim - unet"]
     # unet_vasomim - unet: +0.2, -0.1, +0.1 -> mean +6.67 points, better on 2 of 3
@@ -131,16 +139,7 @@ def test_paired_rows_pair_only_the_seeds_both_arms_ran(tmp_path):
     from vasomim.engines.study_report import paired_rows
 
     scores = {"unet_vasomim": {0: [0.8, 0.5], 1: [0.2, 0.1]}, "unet": {0: [0.6, 0.6]}}
-    graph = {"finetune": {}}
-    for arm, by_seed in scores.items():
-        path = tmp_path / f"{arm}.csv"
-        with open(path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, ("image", "seed", "fold", "dice", "cldice"))
-            w.writeheader()
-            for seed, dice in by_seed.items():
-                for i, x in enumerate(dice):
-                    w.writerow({"image": f"im{i}", "seed": seed, "fold": 0, "dice": x, "cldice": x})
-        graph["finetune"][(arm, 0.1)] = _Stage(f"{arm}@0.1", path)
+    graph = _finetune_graph(tmp_path, scores, cldice=lambda x: x)
     (row,) = paired_rows(graph, tmp_path)
     # seed 0 only: +0.2, -0.1 -> +5.00 points (with seed 1 averaged in it would be -15.00)
     assert row["ΔDSC (points)"].startswith("+5.00 ± ")

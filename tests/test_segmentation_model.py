@@ -152,12 +152,35 @@ def test_param_groups_lrd():
         assert group_of(name)["weight_decay"] == wd, name
 
 
-def test_param_groups_for_cnn_unet_have_full_lr():
-    groups = param_groups_lrd(UNet(), base_lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+def test_param_groups_for_cnn_unet_without_decay_have_full_lr():
+    model = UNet()
+    groups = param_groups_lrd(model, base_lr=1e-3, weight_decay=0.05, layer_decay=1.0)
     assert {g["lr"] for g in groups} == {1e-3}
     assert {g["weight_decay"] for g in groups} == {0.0, 0.05}
-    optimizer = torch.optim.AdamW(groups)
-    assert len(optimizer.param_groups) == 2
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+
+
+def test_param_groups_for_cnn_unet_decay_over_the_encoder_blocks():
+    model = UNet(base_channels=8, levels=3)  # encoder blocks down.0 .. down.3 -> num_layers 4
+    groups = param_groups_lrd(model, base_lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    seen = sorted(id(p) for g in groups for p in g["params"])
+    assert seen == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+
+    def lr_of(name):
+        param = dict(model.named_parameters())[name]
+        return next(g["lr"] for g in groups if any(p is param for p in g["params"]))
+
+    # by hand: down.i gets 0.5 ** (4 - i); the decoder and head the full lr
+    assert lr_of("down.0.0.weight") == pytest.approx(0.0625)
+    assert lr_of("down.1.0.weight") == pytest.approx(0.125)
+    assert lr_of("down.2.0.weight") == pytest.approx(0.25)
+    assert lr_of("down.3.0.weight") == pytest.approx(0.5)
+    assert lr_of("down.3.1.bias") == pytest.approx(0.5)
+    assert lr_of("up.0.up.weight") == pytest.approx(1.0)
+    assert lr_of("head.weight") == pytest.approx(1.0)
+    decay = {name: next(g["weight_decay"] for g in groups if any(p is q for p in g["params"]))
+             for name, q in model.named_parameters()}
+    assert decay["down.0.0.weight"] == 0.05 and decay["down.0.1.bias"] == 0.0
 
 
 # --------------------------------------------------------------------------- CNN U-Net

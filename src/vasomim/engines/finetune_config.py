@@ -75,7 +75,7 @@ class FinetuneConfig(StrictModel):
     min_lr: float = Field(0.0, ge=0, description="final learning rate of the cosine")
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
-    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (1.0 = off)")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay over the encoder (ViT blocks or U-Net conv blocks; 1.0 = off)")
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
     augment: AugmentConfig = AugmentConfig()

@@ -247,6 +247,23 @@ def layer_id(name: str, num_layers: int) -> int:
     return num_layers
 
 
+def unet_layer_id(name: str, num_layers: int) -> int:
+    """Layer index of a CNN :class:`~vasomim.models.unet.UNet` parameter for layer-wise lr decay.
+
+    The encoder's conv block ``down.i`` (``i = 0`` at full resolution, ``num_layers - 1`` the
+    bottleneck) is layer ``i``; the decoder (``up.*``) and the head are layer ``num_layers``. The
+    coarser an encoder block, the closer its lr to the decoder's, as in a ViT where the patch
+    embedding moves least.
+
+    Args:
+        name: Parameter name as in ``model.named_parameters()``.
+        num_layers: Number of encoder blocks (``levels + 1``).
+    """
+    if name.startswith("down."):
+        return int(name.split(".")[1])
+    return num_layers
+
+
 def param_groups_lrd(
     model: nn.Module, base_lr: float, weight_decay: float, layer_decay: float = 1.0
 ) -> list[dict]:
@@ -254,9 +271,12 @@ def param_groups_lrd(
 
     A parameter in layer ``l`` (see :func:`layer_id`) gets ``lr = base_lr * layer_decay **
     (num_layers - l)``, so the decoder and the encoder's final norm get ``base_lr`` and the patch
-    embedding the smallest lr. One-dimensional parameters (norm weights, biases) and the encoder's
-    tokens get no weight decay. Frozen parameters are left out. A model without a ViT ``encoder``
-    (e.g. :class:`~vasomim.models.unet.UNet`) gets the full lr everywhere.
+    embedding the smallest lr. In a CNN :class:`~vasomim.models.unet.UNet` the layers are the
+    encoder's conv blocks (see :func:`unet_layer_id`): the full-resolution block gets the smallest
+    lr, the bottleneck ``base_lr * layer_decay`` and the decoder ``base_lr``, so a pre-trained
+    encoder moves less than the decoder trained from zero. One-dimensional parameters (norm
+    weights, biases) and the encoder's tokens get no weight decay. Frozen parameters are left out.
+    A model with neither kind of encoder gets the full lr everywhere.
 
     Args:
         model: A :class:`ViTUNet` (or any module; see above).
@@ -269,12 +289,23 @@ def param_groups_lrd(
         lr), ``weight_decay`` and ``name``, ready for ``torch.optim.AdamW``.
     """
     blocks = getattr(getattr(model, "encoder", None), "blocks", None)
-    num_layers = (len(blocks) if blocks is not None else 0) + 1
+    down = getattr(model, "down", None) if blocks is None else None
+    if blocks is not None:
+        num_layers = len(blocks) + 1
+    elif isinstance(down, nn.ModuleList):
+        num_layers = len(down)
+    else:
+        num_layers = 1
     groups: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lid = layer_id(name, num_layers) if blocks is not None else num_layers
+        if blocks is not None:
+            lid = layer_id(name, num_layers)
+        elif down is not None:
+            lid = unet_layer_id(name, num_layers)
+        else:
+            lid = num_layers
         no_decay = param.ndim == 1 or name.split(".")[-1] in TOKEN_PARAMS
         key = f"layer_{lid}_{'no_decay' if no_decay else 'decay'}"
         if key not in groups:

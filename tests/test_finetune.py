@@ -348,3 +348,48 @@ def test_a_run_another_job_holds_is_skipped_and_left_to_it(data, tmp_path, caplo
     assert any("seed 1 fold 0: skipped" in r.message and "in use by process" in r.message for r in caplog.records)
     again = finetune(cfg, resume=True, progress=False)  # free now: the next job trains it
     assert "busy" not in again and [r["seed"] for r in again["runs"]] == [0, 1]
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def test_a_finished_run_counts_from_its_record_when_its_weights_are_gone(data, tmp_path, caplog):
+    """A run trained by an earlier invocation (or refilled from an archive) keeps its scores in the
+    summary and the per-image table of a later one that does not train it."""
+    cfg = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4, folds=1,
+                         seeds=[0, 1], **TINY)
+    first = finetune(cfg, progress=False)
+    before = summary_rows(tmp_path / "run")
+    seed0 = tmp_path / "run" / "seed0" / "fold0"
+    record = json.loads((seed0 / "result.json").read_text())
+    assert record["seed"] == 0 and record["rows"] and record["config"]["lr"] == cfg.lr
+    for name in ("last.pth", "best.pth"):  # only the text records are left, as in an archive
+        (seed0 / name).unlink()
+
+    caplog.set_level("INFO")
+    again = finetune(cfg, resume=True, progress=True, runs={(1, 0)})
+    assert [r["seed"] for r in again["runs"]] == [0, 1]
+    assert again["runs"][0]["dice"] == pytest.approx(first["runs"][0]["dice"])
+    assert again["metrics"]["dice"]["mean"] == pytest.approx(first["metrics"]["dice"]["mean"])
+    assert summary_rows(tmp_path / "run") == before  # the same rows, seed 0's from its record
+    assert any("seed 0 fold 0: finished earlier" in r.message for r in caplog.records)
+    assert not (seed0 / "last.pth").exists()  # counted, not trained again
+    # chosen too, it is still not trained again: it is finished
+    assert [r["seed"] for r in finetune(cfg, resume=True, progress=False)["runs"]] == [0, 1]
+    assert not (seed0 / "last.pth").exists()
+
+
+def test_a_run_record_of_another_config_or_unreadable_is_ignored(data, tmp_path, caplog):
+    from vasomim.engines.finetune_run import load_result
+
+    cfg = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4, folds=1, **TINY)
+    finetune(cfg, progress=False)
+    run_dir = tmp_path / "run" / "seed0" / "fold0"
+    assert load_result(run_dir, cfg).seed == 0
+    assert load_result(run_dir, cfg.model_copy(update={"workers": 0, "val_every": 7})) is not None
+    assert load_result(run_dir, cfg.model_copy(update={"lr": 0.5})) is None
+    assert load_result(run_dir, cfg.model_copy(update={"epochs": 2})) is None
+    assert any("another config (differs in lr)" in r.message for r in caplog.records)
+    (run_dir / "result.json").write_text("{not json")
+    assert load_result(run_dir, cfg) is None
+    assert any("unreadable run record" in r.message and str(run_dir) in r.message for r in caplog.records)

@@ -298,3 +298,35 @@ def test_fraction_schedule_steps_gives_every_fraction_the_full_label_steps(data)
     assert b[("scratch", 0.25)].key != a[("scratch", 0.25)].key
     # the same steps: the cost of a quarter of the frames for four times the epochs
     assert b[("scratch", 0.25)].cost == pytest.approx(4 * a[("scratch", 0.25)].cost)
+
+
+def test_a_lost_study_folder_refilled_from_its_archive_keeps_its_finished_runs(data, tmp_path, capsys):
+    """The archive keeps each finished run's record (``result.json``): copied into a new study
+    folder, those runs count in the stage without their weights, and only the rest is trained."""
+    import shutil
+
+    from vasomim.engines.study import StudyPart, archive_study
+
+    cfg = tiny_study(data, arms={"scratch": {"init": "scratch"}})
+    cfg = cfg.model_copy(update={"out": str(tmp_path / "s"), "sweeps": {}, "analyses": False, "frangi": False,
+                                 "pretrain_arms": {}})
+    run_study(cfg.model_copy(update={"only": StudyPart(folds=[1])}))
+    archive_study(cfg, tmp_path / "archive")
+    stage = build_stages(cfg)["finetune"][("scratch", 1.0)]
+    archived = stage.dir(tmp_path / "archive")
+    assert (archived / "seed0" / "fold1" / "result.json").is_file()
+    assert not list(archived.rglob("*.pth"))
+    with open(archived / "per_image.csv", newline="") as fh:
+        fold1 = [r for r in csv.DictReader(fh) if r["fold"] == "1"]
+
+    shutil.rmtree(tmp_path / "s")  # the study folder is lost (a new machine): its records come back
+    shutil.copytree(archived / "seed0", stage.dir(Path(cfg.out)) / "seed0")
+    capsys.readouterr()
+    run_study(cfg.model_copy(update={"only": StudyPart(folds=[0])}))
+    err = capsys.readouterr().err
+    assert "partly done" not in err
+    out = stage.outputs(Path(cfg.out))  # finished: fold 0 trained now, fold 1 from its record
+    assert [r["fold"] for r in out["runs"]] == [0, 1] and not out.get("partial")
+    assert not (stage.dir(Path(cfg.out)) / "seed0" / "fold1" / "last.pth").exists()
+    with open(stage.dir(Path(cfg.out)) / "per_image.csv", newline="") as fh:
+        assert [r for r in csv.DictReader(fh) if r["fold"] == "1"] == fold1

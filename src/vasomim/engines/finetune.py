@@ -23,7 +23,7 @@ from vasomim.data.sources import Item, load_source
 from vasomim.engines.common import FolderInUse, claim
 from vasomim.engines.evaluate import METRICS, csv_text, format_table, summarize_rows
 from vasomim.engines.finetune_config import AugmentConfig, FinetuneConfig, network_config
-from vasomim.engines.finetune_run import RunPlan, RunResult, initialize, train_run
+from vasomim.engines.finetune_run import RESULT_NAME, RunPlan, RunResult, initialize, load_result, train_run
 from vasomim.inference import build_network
 from vasomim.losses import dice_bce_loss
 from vasomim.metrics import summarize
@@ -171,7 +171,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
             runs (for time-limited jobs), leaving ``last.pth``; continue later with ``resume=True``.
             Returns ``None`` when it stopped before every run was finished.
         runs: Only these ``(seed, fold)`` runs (a study split across sessions); ``None``: every run
-            of ``cfg.seeds`` x the folds (``cfg.only_folds``).
+            of ``cfg.seeds`` x the folds (``cfg.only_folds``). A run that finished earlier into
+            ``out`` (its record ``result.json``, made under the same config) and is not trained now,
+            because it is not chosen or its ``last.pth`` is gone, counts with its recorded scores.
 
     Returns:
         The summary (also in ``out/summary.json``): per run the held-out means, and ``metrics``
@@ -193,16 +195,27 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
     t0 = time.perf_counter()
     results: list[RunResult] = []
     plans: list[RunPlan] = []
+    recorded: list[RunResult] = []  # finished runs this invocation does not train: from their records
     remaining = stop_after
     for seed in cfg.seeds:
         for fold, (train_idx, val_idx) in enumerate(splits):
             if cfg.only_folds is not None and fold not in cfg.only_folds:
                 continue
-            if runs is not None and (seed, fold) not in runs:
+            run_dir = out / f"seed{seed}" / f"fold{fold}"
+            chosen = runs is None or (seed, fold) in runs
+            if not chosen or not (run_dir / "last.pth").exists():
+                earlier = load_result(run_dir, cfg)  # finished before, its weights elsewhere or gone
+                if earlier is not None:
+                    earlier.wall_s = 0.0
+                    recorded.append(earlier)
+                    if progress:
+                        logger.info(f"[finetune] seed {seed} fold {fold}: finished earlier; its scores "
+                                    f"from its record ({run_dir / RESULT_NAME})")
+                    continue
+            if not chosen:
                 continue
             train_idx = subsample(train_idx, cfg.label_fraction, [cfg.split_seed, fold])
-            plan = RunPlan(seed, fold, [items[i] for i in train_idx], [held_out[i] for i in val_idx],
-                           out / f"seed{seed}" / f"fold{fold}")
+            plan = RunPlan(seed, fold, [items[i] for i in train_idx], [held_out[i] for i in val_idx], run_dir)
             plans.append(plan)
     busy: list[RunPlan] = []
     for attempt in range(2):  # runs another job holds are skipped, then tried once more at the end
@@ -222,6 +235,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
             if remaining is not None:
                 remaining -= res.trained_epochs
             results.append(res)
+    results += recorded
     results.sort(key=lambda r: (r.seed, r.fold))
     summary = _summary(cfg, results, time.perf_counter() - t0)
     if busy:

@@ -8,6 +8,7 @@ end the selected checkpoint is scored image by image.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from vasomim.config import config_to_dict, deep_merge
 from vasomim.data.datasets import SegmentationDataset
-from vasomim.data.io import image_info
+from vasomim.data.io import image_info, write_text_atomic
 from vasomim.data.sources import Item
 from vasomim.data.transforms import build_transform
 from vasomim.engines.common import (JsonlLogger, atomic_torch_save, cosine_lr, kept_rng_state, rng_state,
@@ -41,7 +42,11 @@ from vasomim.shipped import resolve_init
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "RunPlan", "RunResult", "initialize", "setup", "train_one_epoch", "train_run"]
+__all__ = ["RESULT_NAME", "Run", "RunPlan", "RunResult", "initialize", "load_result", "save_result", "setup",
+           "train_one_epoch", "train_run"]
+
+#: A finished run's record in its folder: its summary, its per-image scores and the config it ran.
+RESULT_NAME = "result.json"
 
 
 def initialize(model: nn.Module, init: str, arch: str, init_decoder: bool = False) -> list[str]:
@@ -341,4 +346,47 @@ def train_run(cfg: FinetuneConfig, plan: RunPlan, resume: bool, progress: bool,
         scored = score_items(selected.to(run.device), val_items, selected_config["input"],
                              cfg.eval_batch_size, run.device, tta=cfg.tta)
         result.rows = scored.rows
+    save_result(result, cfg, run_dir)
+    return result
+
+
+def save_result(result: RunResult, cfg: FinetuneConfig, run_dir: Path) -> Path:
+    """Write a finished run's record, :data:`RESULT_NAME`, into its folder (atomically).
+
+    It holds what the summary and the per-image table need (no weights), so that a later
+    invocation that does not train this run, or a study folder refilled from its archived
+    records, still counts it (:func:`load_result`).
+    """
+    record = {k: v for k, v in vars(result).items() if k not in ("rows", "trained_epochs")}
+    record["rows"] = [{k: (v if isinstance(v, str) else float(v)) for k, v in row.items()} for row in result.rows]
+    record["config"] = config_to_dict(cfg)
+    path = Path(run_dir) / RESULT_NAME
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_result(run_dir: Path, cfg: FinetuneConfig) -> RunResult | None:
+    """The finished run recorded in ``run_dir`` by :func:`save_result`, or ``None``.
+
+    ``None`` also when the record is unreadable or was made under another config (a setting
+    outside :data:`RESUMABLE_CHANGES`, the epochs or the checkpoint selection differs): it does not
+    belong to this one, and a warning says why.
+    """
+    path = Path(run_dir) / RESULT_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        saved = deep_merge(config_to_dict(FinetuneConfig.model_construct()), record.pop("config"))
+        rows = record.pop("rows")
+        result = RunResult(**record, rows=rows)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        logger.warning(f"[finetune] {path}: unreadable run record, ignored ({type(e).__name__}: {e})")
+        return None
+    now = config_to_dict(cfg)
+    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    differ += [k for k in ("epochs", "select") if saved.get(k) != now[k]]
+    if differ:
+        logger.warning(f"[finetune] {path}: recorded under another config (differs in {', '.join(differ)}), ignored")
+        return None
     return result

@@ -39,7 +39,7 @@ from vasomim.engines.common import FolderInUse, claim
 # The records a study stage writes that say what it did and how well (text, small); weights,
 # images, masks and the figures of the report stay behind.
 RECORD_NAMES = ("stage.json", "partial.json", "stage_config.json", "config.json", "summary.json",
-                "per_image.csv", "log.jsonl")
+                "per_image.csv", "log.jsonl", "result.json")
 
 
 @dataclass

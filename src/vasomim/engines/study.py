@@ -269,7 +269,8 @@ def _run_spt(d: Path, config: dict, deps: dict) -> dict:
 
 def _run_finetune(d: Path, config: dict, deps: dict, only: StudyPart | None = None) -> dict:
     """The (seed, fold) runs of one arm at one fraction; with ``only``, those it names plus any
-    started before (a partial stage: ``partial: True`` while runs are missing)."""
+    started before, and the finished ones counted from their records (a partial stage:
+    ``partial: True`` while runs are missing)."""
     values = dict(config)
     values["init"] = _resolve_init(values.get("init", "scratch"), deps)
     values["out"] = str(d)
@@ -282,7 +283,8 @@ def _run_finetune(d: Path, config: dict, deps: dict, only: StudyPart | None = No
            "wall_s": summary["wall_s"]}
     if summary.get("busy"):  # runs another job was training: they are left to it
         out["busy"] = summary["busy"]
-    if runs != every or summary.get("busy"):
+    done = {(r["seed"], r["fold"]) for r in summary["runs"]}  # trained now or finished earlier (records)
+    if not every <= done or summary.get("busy"):
         out.update(partial=True, n_runs_planned=len(every))
     return out
 

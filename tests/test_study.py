@@ -240,7 +240,7 @@ def test_cost_estimate_is_images_times_epochs_times_measured_seconds(data):
 def test_an_arm_at_fewer_fractions_and_the_cost_of_synthetic_frames(data):
     """``label_fractions`` in a fine-tune arm runs it at those fractions only, and leaves the other
     arms' keys alone; a pre-training arm with synthetic frames at share 0.5 costs, by hand: an epoch
-    of max(12 / 0.5, 30 / 0.5) = 60 frames at 0.02 s (64 px: x 1/4), plus 30 generated frames at
+    of max(12 / 0.5, 30 / 0.5) = 60 frames at 0.034 s (64 px: x 1/4), plus 30 generated frames at
     0.06 s (64 px: x 1/16), for 2 epochs."""
     base = tiny_study(data).model_copy(update={"label_fractions": [0.5, 1.0], "sweeps": {}})
     arms = {**base.finetune_arms, "ablation": {"init": "pretrain:synth", "label_fractions": [1.0]}}
@@ -252,7 +252,7 @@ def test_an_arm_at_fewer_fractions_and_the_cost_of_synthetic_frames(data):
         assert graph["finetune"][k].key == stage.key
     n_corpus = len(graph["corpus"].config["entries"])
     assert n_corpus == 12  # 6 unlabelled + 6 labelled images
-    expected = (60 * 2 * 0.02 * (64 / 128) ** 2 + 30 * 2 * 0.06 * (64 / 256) ** 2) / 60
+    expected = (60 * 2 * 0.034 * (64 / 128) ** 2 + 30 * 2 * 0.06 * (64 / 256) ** 2) / 60
     assert graph["pretrain"]["synth"].cost == pytest.approx(expected)
 
 

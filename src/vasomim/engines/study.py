@@ -306,10 +306,13 @@ def _pretrain_uses_segmentor(values: dict) -> bool:
 
 #: CPU seconds per image and epoch at one thread on the reference 2-core machine (BENCHMARKS.md),
 #: at a reference size; other sizes scale with the pixel count, other ViT sizes with their FLOPs.
-#: pretrain_unet: the 16 x 4 masked U-Net with the consistency loss, 2.9 s per step of 32 at 128 px
-#: (bench_pretrain.py --sections unet, one thread beside two 1-thread jobs)
+#: The pre-training figures are the study stages' own wall times at one thread beside one other
+#: 1-thread job (the way docs/study.md runs a study on 2 cores): ViT-Tiny VasoMIM 59 min for 40
+#: epochs of 2,568 frames on ARCADE, MAE 55 min for 40 of 2,423 on CIMAT (0.034-0.035 s); the 16 x 4
+#: masked U-Net 33-35 min for 16 epochs of 2,568 (0.049-0.052 s). The fine-tuning figures are the
+#: CIMAT ones; ARCADE's whole 256-px frames ran about 1.8 times faster.
 _SECONDS_PER_IMAGE = {"finetune_vit": (0.50, 256), "finetune_unet": (0.23, 256),
-                      "pretrain_vit": (0.02, 128), "pretrain_unet": (0.09, 128), "segmentor": (0.012, 128),
+                      "pretrain_vit": (0.034, 128), "pretrain_unet": (0.05, 128), "segmentor": (0.012, 128),
                       "synthetic": (0.06, 256)}  # generating one realistic synthetic frame
 _VIT_FLOPS = {"tiny": 1.0, "small": 3.5, "base": 13.5, "large": 47.0}
 

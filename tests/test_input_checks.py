@@ -4,7 +4,6 @@ from the file headers, before training starts."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from vasomim.data.io import write_text_atomic
+from vasomim.engines.finetune_run import RunResult
 
-RUN_FIELDS = ("seed", "fold", "n_train", "n_val", "best_epoch", "best_val_dice", "last_val_dice", "checkpoint",
-              "selected_epoch", "wall_s")
+# what save_result keeps of a RunResult besides its rows
+RUN_FIELDS = tuple(f.name for f in fields(RunResult) if f.name not in ("rows", "trained_epochs"))
 
 
 def stage_records(stage: Path) -> dict[Path, dict]:

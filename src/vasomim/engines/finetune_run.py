@@ -160,14 +160,19 @@ def inference_scale(items: list[Item], img_size: int) -> float:
     return reference_scale([(i.height, i.width) for i in infos], img_size)
 
 
+def _unresumable_changes(saved: dict, cfg: FinetuneConfig) -> list[str]:
+    """The settings outside :data:`RESUMABLE_CHANGES` in which ``cfg`` differs from ``saved`` (sorted)."""
+    now = config_to_dict(cfg)
+    return sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+
+
 def check_resumable(saved: dict, cfg: FinetuneConfig, where: Path) -> None:
     """Refuse to resume when a setting outside :data:`RESUMABLE_CHANGES` differs from the checkpoint's.
 
     A setting the checkpoint lacks (a run from before the setting existed) counts as its default.
     """
-    now = config_to_dict(cfg)
     saved = deep_merge(config_to_dict(FinetuneConfig.model_construct()), saved)
-    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    differ = _unresumable_changes(saved, cfg)
     if differ:
         raise ValueError(f"{where}: cannot resume, the config differs in {', '.join(differ)} "
                          f"(saved {', '.join(f'{k}={saved.get(k)!r}' for k in differ)})")
@@ -383,9 +388,8 @@ def load_result(run_dir: Path, cfg: FinetuneConfig) -> RunResult | None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         logger.warning(f"[finetune] {path}: unreadable run record, ignored ({type(e).__name__}: {e})")
         return None
-    now = config_to_dict(cfg)
-    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    differ += [k for k in ("epochs", "select") if saved.get(k) != now[k]]
+    differ = _unresumable_changes(saved, cfg)
+    differ += [k for k in ("epochs", "select") if saved.get(k) != getattr(cfg, k)]
     if differ:
         logger.warning(f"[finetune] {path}: recorded under another config (differs in {', '.join(differ)}), ignored")
         return None

@@ -289,23 +289,18 @@ def param_groups_lrd(
         lr), ``weight_decay`` and ``name``, ready for ``torch.optim.AdamW``.
     """
     blocks = getattr(getattr(model, "encoder", None), "blocks", None)
-    down = getattr(model, "down", None) if blocks is None else None
+    down = getattr(model, "down", None)
     if blocks is not None:
-        num_layers = len(blocks) + 1
+        num_layers, layer_of = len(blocks) + 1, layer_id
     elif isinstance(down, nn.ModuleList):
-        num_layers = len(down)
+        num_layers, layer_of = len(down), unet_layer_id
     else:
-        num_layers = 1
+        num_layers, layer_of = 1, (lambda name, n: n)
     groups: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if blocks is not None:
-            lid = layer_id(name, num_layers)
-        elif down is not None:
-            lid = unet_layer_id(name, num_layers)
-        else:
-            lid = num_layers
+        lid = layer_of(name, num_layers)
         no_decay = param.ndim == 1 or name.split(".")[-1] in TOKEN_PARAMS
         key = f"layer_{lid}_{'no_decay' if no_decay else 'decay'}"
         if key not in groups:

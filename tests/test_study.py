@@ -283,6 +283,54 @@ def test_cost_left_of_started_stages_counts_the_epochs_not_logged(tmp_path):
     assert _finetune_remaining(v, 8, StudyPart(seeds=[0]))(ft) == pytest.approx(per_run * (0.75 + 1 + 0))
 
 
+def test_dry_run_estimates_from_the_studys_own_finished_runs(data, tmp_path, capsys):
+    """Finished runs' logged epoch times replace the table's fine-tuning cost: a ViT-Tiny run at
+    128 px on 10 images with epochs of 0.5 s (and a validation epoch's 9 s that is training time
+    too) is 0.05 s an image-epoch at 128 px, 4 x 0.05 at the table's 256 px; by hand over 25 epochs
+    (24 x 0.5 + 9) / 25 / 10 / 0.25 = 0.336 s. A second run of 0.2 s -> median of the two. Short
+    logs, unreadable records and a run without a record do not count; a U-Net run gives its own kind."""
+    import json
+
+    from vasomim.engines.study import _SECONDS_PER_IMAGE, measured_seconds_per_image
+
+    def run(stage, seed, cfg, n_train, times, record=True):
+        d = tmp_path / "study" / "finetune" / stage / f"seed{seed}" / "fold0"
+        d.mkdir(parents=True)
+        lines = [{"epoch": 0, "val_dice": 0.5}] + [{"epoch": e + 1, "epoch_s": t} for e, t in enumerate(times)]
+        (d / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"epoch": 99, "ep')
+        if record:
+            (d / "result.json").write_text(json.dumps({"n_train": n_train, "config": cfg}))
+
+    vit = {"arch": "vit", "size": "tiny", "img_size": 128}
+    run("scratch@1-a", 0, vit, 10, [0.5] * 24 + [9.0])
+    run("scratch@1-a", 1, vit, 10, [0.2 * 0.25 * 10] * 30)  # 0.2 s at 256 px
+    run("scratch@1-a", 2, vit, 10, [5.0] * 19)  # too short a log
+    run("scratch@1-a", 3, vit, 10, [5.0] * 30, record=False)  # still training
+    run("unet@1-b", 0, {"arch": "unet", "img_size": 256}, 4, [0.4] * 20)
+    bad = tmp_path / "study" / "finetune" / "unet@1-b" / "seed1" / "fold0"
+    bad.mkdir(parents=True)
+    (bad / "result.json").write_text("{not json")
+    (bad / "log.jsonl").write_text(json.dumps({"epoch": 1, "epoch_s": 100.0}) + "\n")
+
+    timing = measured_seconds_per_image(tmp_path / "study")
+    assert set(timing) == {"finetune_vit", "finetune_unet"}
+    assert timing["finetune_vit"][1] == 2
+    assert timing["finetune_vit"][0] == pytest.approx(((24 * 0.5 + 9.0) / 25 / 10 / 0.25 + 0.2) / 2)
+    assert timing["finetune_unet"] == (pytest.approx(0.1), 1)
+    assert measured_seconds_per_image(tmp_path / "nowhere") == {}
+
+    # the estimates scale by measured / table, and the plan says where they came from
+    cfg = tiny_study(data).model_copy(update={"out": str(tmp_path / "study")})
+    table, mine = build_stages(cfg), build_stages(cfg, timing)
+    ratio = timing["finetune_vit"][0] / _SECONDS_PER_IMAGE["finetune_vit"][0]
+    for key, stage in table["finetune"].items():
+        assert mine["finetune"][key].cost == pytest.approx(ratio * stage.cost)
+        assert mine["finetune"][key].key == stage.key  # timing never changes what a stage is
+    assert mine["pretrain"]["vasomim"].cost == table["pretrain"]["vasomim"].cost
+    run_study(cfg, dry_run=True)
+    assert "finetune vit estimates from this study's 2 finished run(s)" in capsys.readouterr().err
+
+
 def test_fraction_schedule_steps_gives_every_fraction_the_full_label_steps(data):
     """``fraction_schedule: steps``: at 25% labels 4x the epochs and warm-up (by hand: 3 -> 12
     epochs, 1 -> 4 warm-up), at 50% 2x; the full-label stage and its key do not change."""

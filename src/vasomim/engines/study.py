@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -310,16 +311,60 @@ def _pretrain_uses_segmentor(values: dict) -> bool:
 #: 1-thread job (the way docs/study.md runs a study on 2 cores): ViT-Tiny VasoMIM 59 min for 40
 #: epochs of 2,568 frames on ARCADE, MAE 55 min for 40 of 2,423 on CIMAT (0.034-0.035 s); the 16 x 4
 #: masked U-Net 33-35 min for 16 epochs of 2,568 (0.049-0.052 s). The fine-tuning figures are the
-#: CIMAT ones; ARCADE's whole 256-px frames ran about 1.8 times faster.
+#: CIMAT ones (ARCADE's whole 256-px frames ran faster): a study with finished runs
+#: of its own estimates from their times instead (:func:`measured_seconds_per_image`).
 _SECONDS_PER_IMAGE = {"finetune_vit": (0.50, 256), "finetune_unet": (0.23, 256),
                       "pretrain_vit": (0.034, 128), "pretrain_unet": (0.05, 128), "segmentor": (0.012, 128),
                       "synthetic": (0.06, 256)}  # generating one realistic synthetic frame
 _VIT_FLOPS = {"tiny": 1.0, "small": 3.5, "base": 13.5, "large": 47.0}
 
 
-def _cpu_minutes(kind: str, images: float, epochs: int, img_size: int, size: str = "tiny") -> float:
-    """A stage's cost for ``--dry-run``: images x epochs x the measured per-image time, in CPU-minutes."""
-    seconds, ref = _SECONDS_PER_IMAGE[kind]
+#: fewest training epochs a run's log needs before its times count (the first epochs are noisy)
+_MIN_TIMED_EPOCHS = 20
+
+
+def measured_seconds_per_image(root: str | os.PathLike) -> dict[str, tuple[float, int]]:
+    """The fine-tuning cost this study has measured itself, for ``--dry-run`` in place of the table.
+
+    Every finished run (``result.json``) under ``root/finetune`` whose ``log.jsonl`` times at least
+    :data:`_MIN_TIMED_EPOCHS` training epochs gives its mean seconds per training image and epoch,
+    brought to the table's reference (256 px, ViT-Tiny) by the pixel count and the ViT size's FLOPs.
+    Validation passes are not counted. Unreadable files are skipped.
+
+    Returns:
+        ``{"finetune_vit" | "finetune_unet": (median seconds per image-epoch at the reference, runs)}``
+        for each kind with at least one timed run.
+    """
+    found: dict[str, list[float]] = {}
+    for result in sorted(Path(root).glob("finetune/*/seed*/fold*/result.json")):
+        try:
+            record = json.loads(result.read_text())
+            cfg, n_train = record["config"], int(record["n_train"])
+            lines = (result.parent / "log.jsonl").read_text().splitlines()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a record or log that cannot be read: no timing from it
+        times = []
+        for line in lines:
+            try:
+                times.append(float(json.loads(line)["epoch_s"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a validation-only line, or one cut by a crash
+        if len(times) < _MIN_TIMED_EPOCHS or n_train < 1 or not isinstance(cfg, dict):
+            continue
+        kind = "finetune_unet" if cfg.get("arch") == "unet" else "finetune_vit"
+        ref = _SECONDS_PER_IMAGE[kind][1]
+        scale = (int(cfg.get("img_size", 224)) / ref) ** 2
+        if kind == "finetune_vit":
+            scale *= _VIT_FLOPS.get(str(cfg.get("size", "base")), 13.5)
+        found.setdefault(kind, []).append(sum(times) / len(times) / n_train / scale)
+    return {kind: (statistics.median(v), len(v)) for kind, v in found.items()}
+
+
+def _cpu_minutes(kind: str, images: float, epochs: int, img_size: int, size: str = "tiny",
+                 table: dict[str, tuple[float, int]] | None = None) -> float:
+    """A stage's cost for ``--dry-run``: images x epochs x the measured per-image time, in CPU-minutes
+    (``table``: per-kind ``(seconds, reference size)`` replacing :data:`_SECONDS_PER_IMAGE`'s)."""
+    seconds, ref = (table or {}).get(kind, _SECONDS_PER_IMAGE[kind])
     scale = (img_size / ref) ** 2 * (_VIT_FLOPS.get(size, 13.5) if kind.endswith("vit") else 1.0)
     return images * epochs * seconds * scale / 60.0
 
@@ -342,7 +387,7 @@ def _pretrain_minutes(v: dict, n_corpus: int) -> float:
     return steps + _cpu_minutes("synthetic", generated, epochs, int(synth.get("size", 256)))
 
 
-def _finetune_minutes(v: dict, n_labelled: int) -> float:
+def _finetune_minutes(v: dict, n_labelled: int, table: dict[str, tuple[float, int]] | None = None) -> float:
     folds = int(v.get("folds", 1))
     train = n_labelled * ((folds - 1) / folds if folds > 1 else 1.0 - float(v.get("val_fraction", 0.2)))
     if v.get("val_data") is not None:
@@ -350,7 +395,7 @@ def _finetune_minutes(v: dict, n_labelled: int) -> float:
     runs = len(_planned_runs(v.get("seeds", [0]), folds, v.get("only_folds")))
     kind = "finetune_unet" if v.get("arch") == "unet" else "finetune_vit"
     return runs * _cpu_minutes(kind, max(1.0, train * float(v.get("label_fraction", 1.0))), int(v.get("epochs", 100)),
-                               int(v.get("img_size", 224)), v.get("size", "base"))
+                               int(v.get("img_size", 224)), v.get("size", "base"), table)
 
 
 def _planned_runs(seeds: list[int], folds: int, only_folds: list[int] | None) -> set[tuple[int, int]]:
@@ -383,11 +428,12 @@ def _pretrain_remaining(cost: float, epochs: int) -> Callable[[Path], float]:
     return lambda d: cost * max(0.0, 1.0 - _epochs_logged(d / "log.jsonl") / max(1, epochs))
 
 
-def _finetune_remaining(v: dict, n_labelled: int, only: StudyPart | None) -> Callable[[Path], float]:
+def _finetune_remaining(v: dict, n_labelled: int, only: StudyPart | None,
+                        table: dict[str, tuple[float, int]] | None = None) -> Callable[[Path], float]:
     """What a started fine-tune stage still costs: per run it would train now (those ``only``
     picks, and any started before), the share of its epochs not logged yet."""
     every = _planned_runs(v.get("seeds", [0]), int(v.get("folds", 1)), v.get("only_folds"))
-    per_run, epochs = _finetune_minutes(v, n_labelled) / len(every), max(1, int(v.get("epochs", 100)))
+    per_run, epochs = _finetune_minutes(v, n_labelled, table) / len(every), max(1, int(v.get("epochs", 100)))
 
     def remaining(d: Path) -> float:
         started = {(s, f) for s, f in every if (d / f"seed{s}" / f"fold{f}" / "last.pth").is_file()}
@@ -412,8 +458,13 @@ def _share(v: dict, only: StudyPart | None) -> float:
     return len(_chosen_runs(every, only)) / len(every)
 
 
-def build_stages(cfg: StudyConfig) -> dict[str, Any]:
-    """The stage graph of a study: ``{"finetune": {(arm, fraction): Stage}, "pretrain": {...}, ...}``."""
+def build_stages(cfg: StudyConfig, timing: dict[str, tuple[float, int]] | None = None) -> dict[str, Any]:
+    """The stage graph of a study: ``{"finetune": {(arm, fraction): Stage}, "pretrain": {...}, ...}``.
+
+    ``timing``: fine-tuning seconds per image-epoch measured by this study
+    (:func:`measured_seconds_per_image`), used for the cost estimates in place of the table's.
+    """
+    table = {kind: (seconds, _SECONDS_PER_IMAGE[kind][1]) for kind, (seconds, _) in (timing or {}).items()}
     entries = _corpus_listing(cfg)
     n_corpus, n_labelled = len(entries), len(labelled_items(cfg.labelled))
     corpus = Stage("corpus", "corpus", {"entries": entries}, _run_corpus, cost=0.0)
@@ -464,7 +515,7 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
                 spt = Stage("spt", "spt", deep_merge(deep_merge(cfg.finetune, cfg.spt), {"init": "scratch"}),
                             _run_spt, deps=[anatomy], cost=_finetune_minutes(
                                 {**cfg.finetune, **cfg.spt, "folds": 1, "val_fraction": 0.0,
-                                 "seeds": cfg.finetune.get("seeds", [0])[:1]}, n_corpus))
+                                 "seeds": cfg.finetune.get("seeds", [0])[:1]}, n_corpus, table))
             deps.append(spt)
         for frac in fractions:
             v = deep_merge(values, {"label_fraction": float(frac)})
@@ -472,8 +523,8 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
                 v = deep_merge(v, _steps_schedule(v, float(frac)))
             finetune[(arm, float(frac))] = Stage("finetune", f"{arm}@{frac:g}", v,
                                                  partial(_run_finetune, only=cfg.only), deps=deps,
-                                                 cost=_finetune_minutes(v, n_labelled) * _share(v, cfg.only),
-                                                 remaining=_finetune_remaining(v, n_labelled, cfg.only),
+                                                 cost=_finetune_minutes(v, n_labelled, table) * _share(v, cfg.only),
+                                                 remaining=_finetune_remaining(v, n_labelled, cfg.only, table),
                                                  shared=True)  # jobs for other seeds may train in it too
     frangi: list[Stage] = []
     if cfg.frangi:
@@ -490,7 +541,12 @@ def build_stages(cfg: StudyConfig) -> dict[str, Any]:
 def run_study(cfg: StudyConfig, dry_run: bool = False, command: str | None = None) -> Path | None:
     """Run every missing stage of the study, then write its report; returns ``report.md``."""
     root = Path(cfg.out)
-    graph = build_stages(cfg)
+    timing = measured_seconds_per_image(root)
+    for kind, (seconds, runs) in sorted(timing.items()):
+        table_s, ref = _SECONDS_PER_IMAGE[kind]
+        _say(f"{kind.replace('_', ' ')} estimates from this study's {runs} finished run(s): {seconds:.3f} s an "
+             f"image-epoch at {ref} px (table: {table_s:.3f})")
+    graph = build_stages(cfg, timing)
     only = cfg.only or StudyPart()
     wanted = [s for (arm, frac), s in graph["finetune"].items()
               if (only.arms is None or arm in only.arms) and (only.fractions is None or frac in only.fractions)]

@@ -350,7 +350,8 @@ def test_fraction_schedule_steps_gives_every_fraction_the_full_label_steps(data)
 
 def test_a_lost_study_folder_refilled_from_its_archive_keeps_its_finished_runs(data, tmp_path, capsys):
     """The archive keeps each finished run's record (``result.json``): copied into a new study
-    folder, those runs count in the stage without their weights, and only the rest is trained."""
+    folder, those runs count in the stage without their weights, and only the rest is trained. The
+    report's overlays come from the first run that still has its weights (fold 1 here)."""
     import shutil
 
     from vasomim.engines.study import StudyPart, archive_study
@@ -358,23 +359,25 @@ def test_a_lost_study_folder_refilled_from_its_archive_keeps_its_finished_runs(d
     cfg = tiny_study(data, arms={"scratch": {"init": "scratch"}})
     cfg = cfg.model_copy(update={"out": str(tmp_path / "s"), "sweeps": {}, "analyses": False, "frangi": False,
                                  "pretrain_arms": {}})
-    run_study(cfg.model_copy(update={"only": StudyPart(folds=[1])}))
+    run_study(cfg.model_copy(update={"only": StudyPart(folds=[0])}))
     archive_study(cfg, tmp_path / "archive")
     stage = build_stages(cfg)["finetune"][("scratch", 1.0)]
     archived = stage.dir(tmp_path / "archive")
-    assert (archived / "seed0" / "fold1" / "result.json").is_file()
+    assert (archived / "seed0" / "fold0" / "result.json").is_file()
     assert not list(archived.rglob("*.pth"))
     with open(archived / "per_image.csv", newline="") as fh:
-        fold1 = [r for r in csv.DictReader(fh) if r["fold"] == "1"]
+        fold0 = [r for r in csv.DictReader(fh) if r["fold"] == "0"]
 
     shutil.rmtree(tmp_path / "s")  # the study folder is lost (a new machine): its records come back
     shutil.copytree(archived / "seed0", stage.dir(Path(cfg.out)) / "seed0")
     capsys.readouterr()
-    run_study(cfg.model_copy(update={"only": StudyPart(folds=[0])}))
+    report = run_study(cfg.model_copy(update={"only": StudyPart(folds=[1])}))
     err = capsys.readouterr().err
     assert "partly done" not in err
-    out = stage.outputs(Path(cfg.out))  # finished: fold 0 trained now, fold 1 from its record
+    out = stage.outputs(Path(cfg.out))  # finished: fold 0 from its record, fold 1 trained now
     assert [r["fold"] for r in out["runs"]] == [0, 1] and not out.get("partial")
-    assert not (stage.dir(Path(cfg.out)) / "seed0" / "fold1" / "last.pth").exists()
+    assert not (stage.dir(Path(cfg.out)) / "seed0" / "fold0" / "last.pth").exists()
     with open(stage.dir(Path(cfg.out)) / "per_image.csv", newline="") as fh:
-        assert [r for r in csv.DictReader(fh) if r["fold"] == "1"] == fold1
+        assert [r for r in csv.DictReader(fh) if r["fold"] == "0"] == fold0
+    assert "overlays of scratch skipped" not in err
+    assert (report.parent / "figures" / "case_scratch_best.png").is_file()

@@ -117,9 +117,12 @@ def paired_rows(graph: dict, root: Path, references: tuple[str, ...] = REFERENCE
 
 
 def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
-    """(arm, id, image01, pred, gt, dice) for the held-out images of the first run of a fine-tune arm."""
+    """(arm, id, image01, pred, gt, dice) for the held-out images of the first run of a fine-tune arm
+    that still has its weights (a run counted from its record alone, its weights gone, has none)."""
     out = stage.results(root)
-    run = out["runs"][0]
+    run = next((r for r in out["runs"] if r.get("checkpoint") and Path(r["checkpoint"]).is_file()), None)
+    if run is None:
+        raise FileNotFoundError(f"none of its {len(out['runs'])} run(s) has its weights (scores from records only)")
     cfg = stage.config
     if cfg.get("val_data") is not None:  # a fixed held-out set
         val = labelled_items(cfg["val_data"])[:limit]

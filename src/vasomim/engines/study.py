@@ -351,22 +351,29 @@ def measured_seconds_per_image(root: str | os.PathLike) -> dict[str, tuple[float
                 continue  # a validation-only line, or one cut by a crash
         if len(times) < _MIN_TIMED_EPOCHS or n_train < 1 or not isinstance(cfg, dict):
             continue
-        kind = "finetune_unet" if cfg.get("arch") == "unet" else "finetune_vit"
-        ref = _SECONDS_PER_IMAGE[kind][1]
-        scale = (int(cfg.get("img_size", 224)) / ref) ** 2
-        if kind == "finetune_vit":
-            scale *= _VIT_FLOPS.get(str(cfg.get("size", "base")), 13.5)
+        kind = _finetune_kind(cfg)
+        scale = _relative_cost(kind, int(cfg.get("img_size", 224)), str(cfg.get("size", "base")))
         found.setdefault(kind, []).append(sum(times) / len(times) / n_train / scale)
     return {kind: (statistics.median(v), len(v)) for kind, v in found.items()}
+
+
+def _finetune_kind(v: dict) -> str:
+    """The cost-table entry of a fine-tune config: the CNN U-Net's or the ViT U-Net's."""
+    return "finetune_unet" if v.get("arch") == "unet" else "finetune_vit"
+
+
+def _relative_cost(kind: str, img_size: int, size: str = "tiny") -> float:
+    """Cost of one image at ``img_size`` (and ViT ``size``) relative to the table's reference."""
+    ref = _SECONDS_PER_IMAGE[kind][1]
+    return (img_size / ref) ** 2 * (_VIT_FLOPS.get(size, 13.5) if kind.endswith("vit") else 1.0)
 
 
 def _cpu_minutes(kind: str, images: float, epochs: int, img_size: int, size: str = "tiny",
                  table: dict[str, tuple[float, int]] | None = None) -> float:
     """A stage's cost for ``--dry-run``: images x epochs x the measured per-image time, in CPU-minutes
     (``table``: per-kind ``(seconds, reference size)`` replacing :data:`_SECONDS_PER_IMAGE`'s)."""
-    seconds, ref = (table or {}).get(kind, _SECONDS_PER_IMAGE[kind])
-    scale = (img_size / ref) ** 2 * (_VIT_FLOPS.get(size, 13.5) if kind.endswith("vit") else 1.0)
-    return images * epochs * seconds * scale / 60.0
+    seconds = (table or {}).get(kind, _SECONDS_PER_IMAGE[kind])[0]
+    return images * epochs * seconds * _relative_cost(kind, img_size, size) / 60.0
 
 
 def _pretrain_minutes(v: dict, n_corpus: int) -> float:
@@ -393,8 +400,7 @@ def _finetune_minutes(v: dict, n_labelled: int, table: dict[str, tuple[float, in
     if v.get("val_data") is not None:
         train = n_labelled
     runs = len(_planned_runs(v.get("seeds", [0]), folds, v.get("only_folds")))
-    kind = "finetune_unet" if v.get("arch") == "unet" else "finetune_vit"
-    return runs * _cpu_minutes(kind, max(1.0, train * float(v.get("label_fraction", 1.0))), int(v.get("epochs", 100)),
+    return runs * _cpu_minutes(_finetune_kind(v), max(1.0, train * float(v.get("label_fraction", 1.0))), int(v.get("epochs", 100)),
                                int(v.get("img_size", 224)), v.get("size", "base"), table)
 
 

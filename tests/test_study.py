@@ -147,6 +147,26 @@ def test_a_cnn_unet_pretraining_arm_runs_through_the_study_and_its_report(data, 
     assert "unet_vasomim" in clustering and "vasomim" in clustering.replace("unet_vasomim", "")
 
 
+def test_a_selection_study_pairs_every_arm_with_the_reference_it_names(data, tmp_path):
+    """A study with no VasoMIM arm (an input-scale selection) names its reference arm with
+    ``paired_with``; its report has the paired table, no pre-training corpus, and the arms' span of
+    window sizes and scales."""
+    unet = {"arch": "unet", "base_channels": 4, "levels": 2}
+    arms = {"unet_s1": {**unet, "input_scale": 1.0}, "unet_s0.5": {**unet, "input_scale": 0.5, "img_size": 32}}
+    cfg = tiny_study(data, arms=arms).model_copy(update={
+        "out": str(tmp_path / "s"), "pretrain_arms": {}, "sweeps": {}, "frangi": False, "analyses": False})
+    with pytest.raises(ValueError, match="paired_with names nope: not a fine-tune arm"):
+        StudyConfig.model_validate({**cfg.model_dump(), "paired_with": ["nope"]})
+    md = run_study(cfg).read_text()
+    assert "Paired per-image differences" not in md  # no VasoMIM arm, no reference named
+    cfg = StudyConfig.model_validate({**cfg.model_dump(), "paired_with": ["unet_s0.5"]})
+    md = run_study(cfg).read_text()
+    paired = md.split("Paired per-image differences")[1]
+    assert "unet_s0.5 - unet_s1" in paired and "Each reference arm (unet_s0.5)" in paired
+    assert "pre-training corpus" not in md
+    assert "1 epochs at 32-64 px, input scale 0.5-1, 2 folds" in md
+
+
 def test_held_out_set_is_scored_by_every_arm_and_the_frangi_rows(data, tmp_path):
     cfg = tiny_study(data).model_copy(update={"held_out": str(data / "unlabelled"), "label_fractions": [0.5, 1.0]})
     graph = build_stages(cfg)

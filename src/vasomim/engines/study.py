@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vasomim.anatomy import DEFAULT_RECIPE
 from vasomim.config import StrictModel, deep_merge
@@ -108,6 +108,10 @@ class StudyConfig(StrictModel):
             full-label runs (25% labels: 4x the epochs). The full-label stages are the same either way.
         analyses: build the figures (Fig. 3a/3b, reconstructions, Table 4) in the report.
         analysis_images: images used by the reconstruction and clustering analyses.
+        paired_with: the fine-tune arms the paired per-image table compares every other arm with, in
+            this order (a pair of them once); default the VasoMIM arms the study has (``vasomim``,
+            ``unet_vasomim``). A study without them names its own, e.g. the current recipe in a
+            selection study: ``paired_with: [unet_s0.5]``.
         sweeps: figures over fine-tune arms, e.g. the masking-ratio sweep (Fig. 5):
             ``{"masking ratio": {"r25": 0.25, "r50": 0.5, "r75": 0.75}}`` maps a sweep's x-axis label
             to ``{fine-tune arm: x value}`` (x values may be text, e.g. "0→0.5" for Table 5).
@@ -138,9 +142,18 @@ class StudyConfig(StrictModel):
     fraction_schedule: Literal["epochs", "steps"] = "epochs"
     analyses: bool = True
     analysis_images: int = Field(4, ge=1)
+    paired_with: list[str] | None = None
     sweeps: dict[str, dict[str, float | str]] = Field(default_factory=dict)
     pretrain_launcher: str | None = None
     only: StudyPart | None = None
+
+    @model_validator(mode="after")
+    def _paired_arms_exist(self) -> "StudyConfig":
+        unknown = [a for a in self.paired_with or [] if a not in self.finetune_arms]
+        if unknown:
+            raise ValueError(f"paired_with names {', '.join(unknown)}: not a fine-tune arm of this study "
+                             f"(its arms: {', '.join(self.finetune_arms)})")
+        return self
 
 
 def _say(line: str) -> None:

@@ -266,6 +266,14 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
     rep.add_figure(fig_dir / "clustering.png", "Patch embeddings projected to 2-D, vessel vs background.")
 
 
+def _span(values) -> str:
+    """``"a"`` when every value is ``a``, else ``"min-max"`` (numbers as written, e.g. ``192-256``)."""
+    distinct = sorted(set(values))
+    if not distinct:
+        return ""
+    return f"{distinct[0]:g}" if len(distinct) == 1 else f"{distinct[0]:g}-{distinct[-1]:g}"
+
+
 def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float, command: str | None) -> Path:
     """Write ``<root>/report/report.md`` and ``index.html``; returns the Markdown path."""
     rep_dir = root / "report"
@@ -276,22 +284,25 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     graph = {**graph, "finetune": {k: s for k, s in graph["finetune"].items() if s.results(root) is not None}}
 
     stage_times = run_report.recorded_seconds  # this study's stages, not older runs' folders
-    n_corpus = len(graph["corpus"].config["entries"])
-    ft = next(iter(graph["finetune"].values()), None)
+    ft_stages = list(graph["finetune"].values())
     pre = next(iter(graph["pretrain"].values()), None)
-    setup: dict[str, Any] = {
-        "labelled data": str(cfg.labelled),
-        "pre-training corpus": f"{n_corpus} images ({', '.join(cfg.unlabelled) or 'no extra folders'}"
-                               f"{' + the labelled images without labels' if cfg.pretrain_on_labelled_images else ''})",
-    }
+    setup: dict[str, Any] = {"labelled data": str(cfg.labelled)}
+    if pre is not None or any(a.get("init") == "spt" for a in cfg.finetune_arms.values()):
+        n_corpus = len(graph["corpus"].config["entries"])
+        setup["pre-training corpus"] = (f"{n_corpus} images ({', '.join(cfg.unlabelled) or 'no extra folders'}"
+                                        f"{' + the labelled images without labels' if cfg.pretrain_on_labelled_images else ''})")
     if pre is not None:
         pc = pre.config
         setup["pre-training"] = (f"ViT-{pc.get('model', {}).get('size', 'base')}/16 at {pc.get('data', {}).get('img_size', 224)} px, "
                                  f"{pc.get('epochs')} epochs, batch {pc.get('batch_size')}, arms: {', '.join(graph['pretrain'])}")
-    if ft is not None:
-        fc = ft.config
-        setup["fine-tuning"] = (f"{fc.get('epochs')} epochs at {fc.get('img_size', 224)} px, {fc.get('folds', 1)} folds x "
-                                f"seeds {fc.get('seeds', [0])}, label fractions {cfg.label_fractions}")
+    if ft_stages:
+        fc = ft_stages[0].config
+        epochs = _span(s.config.get("epochs") for s in ft_stages)
+        sizes = _span(s.config.get("img_size", 224) for s in ft_stages)
+        scales = _span(s.config.get("input_scale") for s in ft_stages if s.config.get("input_scale") is not None)
+        setup["fine-tuning"] = (f"{epochs} epochs at {sizes} px{f', input scale {scales}' if scales else ''}, "
+                                f"{fc.get('folds', 1)} folds x seeds {fc.get('seeds', [0])}, "
+                                f"label fractions {cfg.label_fractions}")
     setup["stage wall times"] = ", ".join(f"{k} {v:.0f} s" for k, v in stage_times.items() if v is not None)
     # compute time of every stage (also those cached from earlier runs) + this run's overhead
     ran_now = sum(run_report.seconds.values())
@@ -307,13 +318,15 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     rep.add_table("Vessel segmentation", rows, caption=f"Mean ± standard deviation, in %. Fine-tuned arms: scores of "
                   f"{which} on the held-out images of each fold, at the original image resolution, averaged per "
                   "run; std over runs (folds x seeds). Frangi: std over images.")
-    paired = paired_rows(graph, root)
+    references = tuple(cfg.paired_with) if cfg.paired_with else REFERENCES
+    paired = paired_rows(graph, root, references)
     if paired:
-        rep.add_table("Paired per-image differences", paired, caption="Each VasoMIM arm (vasomim: the ViT; "
-                      "unet_vasomim: the CNN U-Net) minus each other arm, image by image (each image's score averaged "
-                      "over the seeds that held it out), in DSC/clDice points: mean ± std over images, standard "
-                      "error, share of images where the VasoMIM arm is better, two-sided Wilcoxon signed-rank "
-                      "p-value; then the difference of the run means, one per fold and seed.")
+        who = (f"Each reference arm ({', '.join(references)})" if cfg.paired_with else
+               "Each VasoMIM arm (vasomim: the ViT; unet_vasomim: the CNN U-Net)")
+        rep.add_table("Paired per-image differences", paired, caption=f"{who} minus each other arm, image by image "
+                      "(each image's score averaged over the seeds that held it out), in DSC/clDice points: mean ± "
+                      "std over images, standard error, share of images where the reference arm is better, two-sided "
+                      "Wilcoxon signed-rank p-value; then the difference of the run means, one per fold and seed.")
     if len(cfg.label_fractions) > 1:
         _label_efficiency(cfg, graph, root, fig_dir)
         rep.add_figure(fig_dir / "label_efficiency.png", "DSC and clDice vs the share of training labels (Table 6).")

@@ -379,6 +379,24 @@ def test_a_finished_run_counts_from_its_record_when_its_weights_are_gone(data, t
     assert not (seed0 / "last.pth").exists()
 
 
+def test_resuming_a_finished_run_keeps_its_record_and_log(data, tmp_path):
+    """``--resume`` over a run that finished under the same config (its weights still there, e.g. a
+    study run with ``only`` naming another seed) counts it from its record: no re-scoring, its
+    record and its log are left as they were; another ``select`` re-scores it."""
+    cfg = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4, folds=1, **TINY)
+    first = finetune(cfg, progress=False)
+    run_dir = tmp_path / "run" / "seed0" / "fold0"
+    record, log = (run_dir / "result.json").read_text(), (run_dir / "log.jsonl").read_text()
+    assert json.loads(record)["wall_s"] > 0
+    again = finetune(cfg, resume=True, progress=False)
+    assert again["runs"][0]["dice"] == first["runs"][0]["dice"]
+    assert (run_dir / "result.json").read_text() == record
+    assert (run_dir / "log.jsonl").read_text() == log
+    rescored = finetune(cfg.model_copy(update={"select": "last"}), resume=True, progress=False)
+    assert json.loads((run_dir / "result.json").read_text())["config"]["select"] == "last"
+    assert rescored["runs"][0]["selected_epoch"] == 1
+
+
 def test_a_run_record_of_another_config_or_unreadable_is_ignored(data, tmp_path, caplog):
     from vasomim.engines.finetune_run import load_result
 

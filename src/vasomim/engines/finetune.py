@@ -203,8 +203,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
                 continue
             run_dir = out / f"seed{seed}" / f"fold{fold}"
             chosen = runs is None or (seed, fold) in runs
-            if not chosen or not (run_dir / "last.pth").exists():
-                earlier = load_result(run_dir, cfg)  # finished before, its weights elsewhere or gone
+            # a run finished under this config counts from its record: not trained (or re-scored)
+            # again on --resume, which would rewrite its record (its wall time) for the same scores
+            if not chosen or resume or not (run_dir / "last.pth").exists():
+                earlier = load_result(run_dir, cfg)  # finished before; its weights here, elsewhere or gone
                 if earlier is not None:
                     earlier.wall_s = 0.0
                     recorded.append(earlier)

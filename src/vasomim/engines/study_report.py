@@ -287,7 +287,7 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     ft_stages = list(graph["finetune"].values())
     pre = next(iter(graph["pretrain"].values()), None)
     setup: dict[str, Any] = {"labelled data": str(cfg.labelled)}
-    if pre is not None or any(a.get("init") == "spt" for a in cfg.finetune_arms.values()):
+    if pre is not None or graph["spt"] is not None:
         n_corpus = len(graph["corpus"].config["entries"])
         setup["pre-training corpus"] = (f"{n_corpus} images ({', '.join(cfg.unlabelled) or 'no extra folders'}"
                                         f"{' + the labelled images without labels' if cfg.pretrain_on_labelled_images else ''})")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from vasomim.engines.stages import Stage, archive_records, run_stages
+from vasomim.engines.stages import Stage, archive_records, run_stages, stage_seconds
 
 
 def make(calls, arms=("a",), up_param=1):
@@ -74,21 +76,24 @@ def test_dry_run_prints_plan_and_cost(tmp_path):
 
 
 
-def test_recorded_seconds_come_from_this_runs_stages_only(tmp_path):
-    import json
-
+def test_stage_times_come_from_this_runs_stages_only(tmp_path):
     calls = []
-    first = run_stages(make(calls, up_param=1), tmp_path, log=lambda _: None)
-    assert set(first.recorded_seconds) == {"up/base", "arm/a"} and first.seconds.keys() == first.recorded_seconds.keys()
+    first = make(calls, up_param=1)
+    run_stages(first, tmp_path, log=lambda _: None)
     # upstream change: new folders for both stages; the old ones stay on disk with other times
     for marker in tmp_path.glob("*/*/stage.json"):
         rec = json.loads(marker.read_text())
         marker.write_text(json.dumps({**rec, "seconds": 999.0}))
-    second = run_stages(make(calls, up_param=2), tmp_path, log=lambda _: None)
-    assert all(v != 999.0 for v in second.recorded_seconds.values())
-    # a cached run reports the times its stages recorded
-    third = run_stages(make(calls, up_param=2), tmp_path, log=lambda _: None)
-    assert third.seconds == {} and third.recorded_seconds == second.recorded_seconds
+    second = make(calls, up_param=2)
+    report = run_stages(second, tmp_path, log=lambda _: None)
+    stages = [second[0].deps[0], second[0]]
+    times = [stage_seconds(s, tmp_path) for s in stages]
+    assert all(t is not None and t != 999.0 for t in times)
+    assert times == [pytest.approx(report.seconds[f"{s.kind}/{s.name}"], abs=0.051) for s in stages]
+    assert stage_seconds(first[0], tmp_path) == 999.0  # the older folder keeps its own
+    # a cached run changes no recorded time
+    again = run_stages(make(calls, up_param=2), tmp_path, log=lambda _: None)
+    assert again.seconds == {} and [stage_seconds(s, tmp_path) for s in stages] == times
 
 
 def _writer(d, cfg, deps):
@@ -133,3 +138,36 @@ def test_archive_copies_the_text_records_of_finished_stages_in_the_study_layout(
 
     with pytest.raises(ValueError, match="outside the study folder"):
         archive_records([done], root, root / "archive")
+
+
+def test_archive_leaves_out_the_runs_still_training_in_a_partial_stage(tmp_path):
+    root, dest = tmp_path / "study", tmp_path / "archive"
+    stage = Stage("finetune", "a@1", {"v": 1}, _writer)
+    run_stages([stage], root, log=lambda _: None)
+    d = stage.dir(root)
+    (d / "seed0" / "fold0" / "result.json").write_text('{"wall_s": 5.0}')
+    (d / "seed1" / "fold0").mkdir(parents=True)  # seed 1 is training: a checkpoint, half a log, no record
+    (d / "seed1" / "fold0" / "last.pth").write_bytes(b"\0" * 8)
+    (d / "seed1" / "fold0" / "log.jsonl").write_text('{"epoch": 1}\n')
+    rel = {str(p.relative_to(dest / d.relative_to(root))) for p in archive_records([stage], root, dest)}
+    assert "seed0/fold0/log.jsonl" in rel and "seed0/fold0/result.json" in rel
+    assert not any(r.startswith("seed1") for r in rel) and not (dest / d.relative_to(root) / "seed1").exists()
+
+
+def test_stage_seconds_sums_the_runs_of_a_fine_tune_and_reads_other_stages_records(tmp_path):
+    fine = Stage("finetune", "a@1", {"v": 1}, _writer)
+    other = Stage("pretrain", "p", {"v": 2}, lambda d, cfg, deps: {"ok": True})
+    never = Stage("pretrain", "q", {"v": 3}, lambda d, cfg, deps: {"ok": True})
+    run_stages([fine, other], tmp_path, log=lambda _: None)
+    assert stage_seconds(never, tmp_path) is None
+    recorded = json.loads((other.dir(tmp_path) / "stage.json").read_text())["seconds"]
+    assert stage_seconds(other, tmp_path) == recorded
+    d = fine.dir(tmp_path)
+    (d / "seed0" / "fold0" / "result.json").write_text('{"wall_s": 12.5}')
+    (d / "seed1" / "fold0").mkdir(parents=True)  # an older record without a time: its log's epoch times
+    (d / "seed1" / "fold0" / "result.json").write_text('{"wall_s": 0.0}')
+    (d / "seed1" / "fold0" / "log.jsonl").write_text('{"event": "init"}\n{"epoch": 1, "epoch_s": 2.25}\n'
+                                                     '{"epoch": 1, "val_dice": 0.5}\n{"epoch": 2, "epoch_s": 1.5}\n')
+    (d / "seed2" / "fold0").mkdir(parents=True)  # still training: not counted
+    (d / "seed2" / "fold0" / "log.jsonl").write_text('{"epoch": 1, "epoch_s": 99.0}\n')
+    assert stage_seconds(fine, tmp_path) == pytest.approx(12.5 + 2.25 + 1.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -248,6 +249,15 @@ def test_a_study_split_across_sessions_with_only(data, tmp_path, capsys):
     assert (stage.dir(root) / "seed0" / "fold1" / "last.pth").stat().st_mtime_ns == fold1  # not retrained
     assert [r["fold"] for r in stage.outputs(root)["runs"]] == [0, 1]
     assert "(partial)" not in md and "unet (CNN U-Net" in md
+
+    # a later invocation for one arm still reports every stage's time; a fine-tune trained by two
+    # invocations counts both of its runs (its stage.json holds only the second invocation's time)
+    record = stage.dir(root) / "seed0" / "fold1" / "result.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "wall_s": 1000.0}))  # a time to recognise
+    wall0 = json.loads((stage.dir(root) / "seed0" / "fold0" / "result.json").read_text())["wall_s"]
+    md = run_study(cfg.model_copy(update={"only": StudyPart(arms=["unet"])})).read_text()
+    line = next(ln for ln in md.splitlines() if "stage wall times" in ln)
+    assert f"finetune/scratch@1 {1000.0 + wall0:.0f} s" in line and "finetune/unet@1" in line
 
 
 def test_cost_estimate_is_images_times_epochs_times_measured_seconds(data):

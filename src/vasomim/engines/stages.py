@@ -128,7 +128,6 @@ class RunReport:
     cached: list[str] = field(default_factory=list)
     outputs: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # stages run now
-    recorded_seconds: dict[str, float | None] = field(default_factory=dict)  # every stage, cached ones too
 
 
 @contextmanager
@@ -197,7 +196,6 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
         say(f"{prefix}: cached ({d})")
         report.cached.append(ident)
         report.outputs[ident] = record["outputs"]
-        report.recorded_seconds[ident] = record.get("seconds")
     return report
 
 
@@ -212,7 +210,6 @@ def _finish(s: Stage, d: Path, outputs: dict, dt: float, prefix: str, report: Ru
     report.ran.append(ident)
     report.outputs[ident] = outputs
     report.seconds[ident] = dt
-    report.recorded_seconds[ident] = round(dt, 1)
 
 
 def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str | os.PathLike,
@@ -221,8 +218,10 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
 
     Each stage's folder ``<kind>/<name>-<key>`` is mirrored under ``dest`` with the files named in
     ``names`` found anywhere below it (a fine-tune's ``seed0/fold0/log.jsonl`` keeps its place).
-    Stages that have not finished or started are skipped; a file is rewritten only when its content
-    changed, through a temporary file (a reader never sees half of one).
+    Stages that have not finished or started are skipped, and so are the fine-tuning runs still in
+    progress in a partial stage (``last.pth`` without ``result.json``: their log would be half of
+    one); a file is rewritten only when its content changed, through a temporary file (a reader
+    never sees half of one).
 
     Args:
         stages: the study's stages (their dependencies are added).
@@ -244,12 +243,52 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
         if s.results(root) is None:
             continue
         for f in sorted(p for p in src.rglob("*") if p.name in wanted and p.is_file()):
+            if _unfinished_run(f.parent):
+                continue
             size = f.stat().st_size
             if size > max_bytes:
                 logging.getLogger(__name__).warning("%s: %d bytes, not archived (over %d)", f, size, max_bytes)
                 continue
             kept.append(copy_if_changed(f, dest / f.relative_to(root)))
     return sorted(kept)
+
+
+def _unfinished_run(folder: Path) -> bool:
+    """A fine-tuning run still in progress: it keeps ``last.pth`` but has written no ``result.json``."""
+    return (folder / "last.pth").is_file() and not (folder / "result.json").is_file()
+
+
+def _run_seconds(result: Path) -> float:
+    """One fine-tuning run's wall time: its record's ``wall_s``; for older records that hold 0, the
+    sum of the epoch times its ``log.jsonl`` beside it logged (training only, so a lower bound)."""
+    wall = float(json.loads(result.read_text()).get("wall_s") or 0.0)
+    log = result.parent / "log.jsonl"
+    if wall > 0 or not log.is_file():
+        return wall
+    total = 0.0
+    for line in log.read_text().splitlines():
+        try:
+            total += float(json.loads(line).get("epoch_s", 0.0))
+        except (ValueError, AttributeError):  # a torn last line, or not a record
+            continue
+    return total
+
+
+def stage_seconds(stage: Stage, root: str | os.PathLike) -> float | None:
+    """Compute time a stage has cost so far, over every invocation that worked on it.
+
+    A fine-tune's runs may be trained by several invocations (``only``, ``--resume``), so its time is
+    the sum of its finished runs' records (``seedS/foldF/result.json``); any other stage's is the
+    ``seconds`` of its ``stage.json`` (or ``partial.json``). ``None`` when nothing is recorded.
+    """
+    d = stage.dir(Path(root))
+    results = sorted(d.glob("seed*/fold*/result.json"))
+    if results:
+        return sum(_run_seconds(r) for r in results)
+    for name in ("stage.json", "partial.json"):
+        if (d / name).is_file():
+            return json.loads((d / name).read_text()).get("seconds")
+    return None
 
 
 def copy_if_changed(src: Path, target: Path) -> Path:

@@ -29,6 +29,7 @@ from vasomim.engines.finetune import kfold_splits, labelled_items
 from vasomim.engines.predict import iter_predictions
 from vasomim.engines.pretrain import PretrainConfig
 from vasomim.engines.segmentor import load_segmentor
+from vasomim.engines.stages import stage_seconds
 from vasomim.metrics import binarize, dice
 from vasomim.models.checkpoints import model_from_checkpoint
 
@@ -283,7 +284,11 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     # the fine-tune stages with results (a study run with `only` may have left some for later)
     graph = {**graph, "finetune": {k: s for k, s in graph["finetune"].items() if s.results(root) is not None}}
 
-    stage_times = run_report.recorded_seconds  # this study's stages, not older runs' folders
+    # every stage of this study that has recorded a time, also those this invocation left out (`only`);
+    # a fine-tune counts all its runs, whichever invocation trained them
+    everything = [graph["corpus"], graph["anatomy"], graph["segmentor"], *graph["pretrain"].values(),
+                  *([graph["spt"]] if graph["spt"] is not None else []), *graph["finetune"].values(), *graph["frangi"]]
+    stage_times = {f"{s.kind}/{s.name}": stage_seconds(s, root) for s in everything}
     ft_stages = list(graph["finetune"].values())
     pre = next(iter(graph["pretrain"].values()), None)
     setup: dict[str, Any] = {"labelled data": str(cfg.labelled)}

@@ -258,6 +258,18 @@ def _unfinished_run(folder: Path) -> bool:
     return (folder / "last.pth").is_file() and not (folder / "result.json").is_file()
 
 
+def epoch_seconds(lines: Iterable[str]) -> list[float]:
+    """The training-epoch times (``epoch_s``) of a fine-tuning run's ``log.jsonl`` lines, in order;
+    validation-only lines, and a line cut by a crash, are skipped."""
+    times = []
+    for line in lines:
+        try:
+            times.append(float(json.loads(line)["epoch_s"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return times
+
+
 def _run_seconds(result: Path) -> float:
     """One fine-tuning run's wall time: its record's ``wall_s``; for older records that hold 0, the
     sum of the epoch times its ``log.jsonl`` beside it logged (training only, so a lower bound)."""
@@ -265,13 +277,7 @@ def _run_seconds(result: Path) -> float:
     log = result.parent / "log.jsonl"
     if wall > 0 or not log.is_file():
         return wall
-    total = 0.0
-    for line in log.read_text().splitlines():
-        try:
-            total += float(json.loads(line).get("epoch_s", 0.0))
-        except (ValueError, AttributeError):  # a torn last line, or not a record
-            continue
-    return total
+    return sum(epoch_seconds(log.read_text().splitlines()))
 
 
 def stage_seconds(stage: Stage, root: str | os.PathLike) -> float | None:
@@ -281,14 +287,15 @@ def stage_seconds(stage: Stage, root: str | os.PathLike) -> float | None:
     the sum of its finished runs' records (``seedS/foldF/result.json``); any other stage's is the
     ``seconds`` of its ``stage.json`` (or ``partial.json``). ``None`` when nothing is recorded.
     """
-    d = stage.dir(Path(root))
+    root = Path(root)
+    d = stage.dir(root)
     results = sorted(d.glob("seed*/fold*/result.json"))
     if results:
         return sum(_run_seconds(r) for r in results)
-    for name in ("stage.json", "partial.json"):
-        if (d / name).is_file():
-            return json.loads((d / name).read_text()).get("seconds")
-    return None
+    record = stage.record(root)
+    if record is None and (d / "partial.json").is_file():
+        record = json.loads((d / "partial.json").read_text())
+    return None if record is None else record.get("seconds")
 
 
 def copy_if_changed(src: Path, target: Path) -> Path:

@@ -42,8 +42,8 @@ from vasomim.engines.evaluate import csv_text, summarize_rows
 from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items
 from vasomim.engines.pretrain import PretrainConfig, pretrain
 from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
-from vasomim.engines.stages import Stage, archive_records, copy_if_changed, run_stages
-from vasomim.engines.study_report import write_study_report
+from vasomim.engines.stages import Stage, archive_records, copy_if_changed, epoch_seconds, run_stages
+from vasomim.engines.study_report import graph_stages, write_study_report
 from vasomim.metrics import evaluate_pair
 
 logger = logging.getLogger(__name__)
@@ -356,12 +356,7 @@ def measured_seconds_per_image(root: str | os.PathLike) -> dict[str, tuple[float
             lines = (result.parent / "log.jsonl").read_text().splitlines()
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a record or log that cannot be read: no timing from it
-        times = []
-        for line in lines:
-            try:
-                times.append(float(json.loads(line)["epoch_s"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a validation-only line, or one cut by a crash
+        times = epoch_seconds(lines)
         if len(times) < _MIN_TIMED_EPOCHS or n_train < 1 or not isinstance(cfg, dict):
             continue
         kind = _finetune_kind(cfg)
@@ -591,11 +586,7 @@ def archive_study(cfg: StudyConfig, dest: str | os.PathLike) -> list[Path]:
     root = Path(cfg.out)
     if not root.is_dir():
         raise ValueError(f"{root}: no such study folder (nothing has run yet, or `out` points elsewhere)")
-    graph = build_stages(cfg)
-    stages = [*graph["finetune"].values(), *graph["pretrain"].values(), *graph["frangi"]]
-    if graph["spt"] is not None:
-        stages.append(graph["spt"])
-    kept = archive_records(stages, root, dest)
+    kept = archive_records(graph_stages(build_stages(cfg)), root, dest)
     report = root / "report" / "report.md"
     if report.is_file():
         kept.append(copy_if_changed(report, Path(dest) / "report" / "report.md"))

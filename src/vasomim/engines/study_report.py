@@ -29,7 +29,7 @@ from vasomim.engines.finetune import kfold_splits, labelled_items
 from vasomim.engines.predict import iter_predictions
 from vasomim.engines.pretrain import PretrainConfig
 from vasomim.engines.segmentor import load_segmentor
-from vasomim.engines.stages import stage_seconds
+from vasomim.engines.stages import Stage, stage_seconds, topological
 from vasomim.metrics import binarize, dice
 from vasomim.models.checkpoints import model_from_checkpoint
 
@@ -267,6 +267,15 @@ def _figures(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
     rep.add_figure(fig_dir / "clustering.png", "Patch embeddings projected to 2-D, vessel vs background.")
 
 
+def graph_stages(graph: dict) -> list[Stage]:
+    """Every stage of a study's stage graph (:func:`vasomim.engines.study.build_stages`), each once,
+    dependencies first: the fine-tunes, pre-trainings, SPT and Frangi stages and what they read."""
+    leaves = [*graph["finetune"].values(), *graph["pretrain"].values(), *graph["frangi"]]
+    if graph["spt"] is not None:
+        leaves.append(graph["spt"])
+    return topological(leaves)
+
+
 def _span(values) -> str:
     """``"a"`` when every value is ``a``, else ``"min-max"`` (numbers as written, e.g. ``192-256``)."""
     distinct = sorted(set(values))
@@ -286,9 +295,7 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
 
     # every stage of this study that has recorded a time, also those this invocation left out (`only`);
     # a fine-tune counts all its runs, whichever invocation trained them
-    everything = [graph["corpus"], graph["anatomy"], graph["segmentor"], *graph["pretrain"].values(),
-                  *([graph["spt"]] if graph["spt"] is not None else []), *graph["finetune"].values(), *graph["frangi"]]
-    stage_times = {f"{s.kind}/{s.name}": stage_seconds(s, root) for s in everything}
+    stage_times = {f"{s.kind}/{s.name}": stage_seconds(s, root) for s in graph_stages(graph)}
     ft_stages = list(graph["finetune"].values())
     pre = next(iter(graph["pretrain"].values()), None)
     setup: dict[str, Any] = {"labelled data": str(cfg.labelled)}

@@ -154,6 +154,20 @@ def test_archive_leaves_out_the_runs_still_training_in_a_partial_stage(tmp_path)
     assert not any(r.startswith("seed1") for r in rel) and not (dest / d.relative_to(root) / "seed1").exists()
 
 
+def test_archive_drops_the_partial_marker_of_a_stage_finished_since(tmp_path):
+    root, dest = tmp_path / "study", tmp_path / "archive"
+    stage = Stage("finetune", "a@1", {"v": 1}, lambda d, cfg, deps: {"partial": True})
+    run_stages([stage], root, log=lambda _: None)
+    mirror = dest / stage.dir(root).relative_to(root)
+    archive_records([stage], root, dest)
+    assert (mirror / "partial.json").is_file() and not (mirror / "stage.json").exists()
+    done = Stage("finetune", "a@1", {"v": 1}, _writer)  # the same stage, its missing runs now done
+    run_stages([done], root, log=lambda _: None)
+    assert not (stage.dir(root) / "partial.json").exists()
+    archive_records([done], root, dest)
+    assert (mirror / "stage.json").is_file() and not (mirror / "partial.json").exists()
+
+
 def test_stage_seconds_sums_the_runs_of_a_fine_tune_and_reads_other_stages_records(tmp_path):
     fine = Stage("finetune", "a@1", {"v": 1}, _writer)
     other = Stage("pretrain", "p", {"v": 2}, lambda d, cfg, deps: {"ok": True})

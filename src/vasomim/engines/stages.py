@@ -200,12 +200,15 @@ def run_stages(stages: list[Stage], root: str | os.PathLike, dry_run: bool = Fal
 
 
 def _finish(s: Stage, d: Path, outputs: dict, dt: float, prefix: str, report: RunReport, say) -> None:
-    """Write a stage's ``stage.json`` (``partial.json`` when it is partial) and enter it in the report."""
+    """Write a stage's ``stage.json`` (``partial.json`` when it is partial) and enter it in the report;
+    a stage finished at last drops the ``partial.json`` of its earlier runs."""
     ident = f"{s.kind}/{s.name}"
     partial = bool(outputs.get("partial"))
     write_text_atomic(d / ("partial.json" if partial else "stage.json"),
                       json.dumps({"kind": s.kind, "name": s.name, "key": s.key, "seconds": round(dt, 1),
                                   "outputs": outputs}, indent=2, default=str))
+    if not partial:
+        (d / "partial.json").unlink(missing_ok=True)
     say(f"{prefix}: {'partly done' if partial else 'done'} in {dt:.0f} s")
     report.ran.append(ident)
     report.outputs[ident] = outputs
@@ -221,7 +224,8 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
     Stages that have not finished or started are skipped, and so are the fine-tuning runs still in
     progress in a partial stage (``last.pth`` without ``result.json``: their log would be half of
     one); a file is rewritten only when its content changed, through a temporary file (a reader
-    never sees half of one).
+    never sees half of one). A stage archived while partial and finished since loses its stale
+    ``partial.json`` in the archive, as it did in the study folder.
 
     Args:
         stages: the study's stages (their dependencies are added).
@@ -250,6 +254,9 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
                 logging.getLogger(__name__).warning("%s: %d bytes, not archived (over %d)", f, size, max_bytes)
                 continue
             kept.append(copy_if_changed(f, dest / f.relative_to(root)))
+        stale = dest / (src / "partial.json").relative_to(root)
+        if (src / "stage.json").is_file() and stale.is_file():
+            stale.unlink()
     return sorted(kept)
 
 

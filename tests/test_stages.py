@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from vasomim.engines.common import IN_USE
 from vasomim.engines.stages import Stage, archive_records, run_stages, stage_seconds
 
 
@@ -152,6 +153,11 @@ def test_archive_leaves_out_the_runs_still_training_in_a_partial_stage(tmp_path)
     rel = {str(p.relative_to(dest / d.relative_to(root))) for p in archive_records([stage], root, dest)}
     assert "seed0/fold0/log.jsonl" in rel and "seed0/fold0/result.json" in rel
     assert not any(r.startswith("seed1") for r in rel) and not (dest / d.relative_to(root) / "seed1").exists()
+    (d / "seed2" / "fold0").mkdir(parents=True)  # seed 2 just started: its job's marker, no checkpoint yet
+    (d / "seed2" / "fold0" / IN_USE).write_text('{"pid": 1, "host": "h"}')
+    (d / "seed2" / "fold0" / "log.jsonl").write_text('{"event": "init"}\n')
+    rel = {str(p.relative_to(dest / d.relative_to(root))) for p in archive_records([stage], root, dest)}
+    assert not any(r.startswith("seed2") for r in rel) and not (dest / d.relative_to(root) / "seed2").exists()
 
 
 def test_archive_drops_the_partial_marker_of_a_stage_finished_since(tmp_path):

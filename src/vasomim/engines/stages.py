@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 
 from vasomim.config import config_hash
 from vasomim.data.io import atomic_file, write_text_atomic
-from vasomim.engines.common import FolderInUse, claim
+from vasomim.engines.common import IN_USE, FolderInUse, claim
 
 # The records a study stage writes that say what it did and how well (text, small); weights,
 # images, masks and the figures of the report stay behind.
@@ -222,8 +222,8 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
     Each stage's folder ``<kind>/<name>-<key>`` is mirrored under ``dest`` with the files named in
     ``names`` found anywhere below it (a fine-tune's ``seed0/fold0/log.jsonl`` keeps its place).
     Stages that have not finished or started are skipped, and so are the fine-tuning runs still in
-    progress in a partial stage (``last.pth`` without ``result.json``: their log would be half of
-    one); a file is rewritten only when its content changed, through a temporary file (a reader
+    progress in a partial stage (``last.pth``, or the in-use marker of a job that has not saved one
+    yet, without ``result.json``: their log would be half of one); a file is rewritten only when its content changed, through a temporary file (a reader
     never sees half of one). A stage archived while partial and finished since loses its stale
     ``partial.json`` in the archive, as it did in the study folder.
 
@@ -261,8 +261,11 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
 
 
 def _unfinished_run(folder: Path) -> bool:
-    """A fine-tuning run still in progress: it keeps ``last.pth`` but has written no ``result.json``."""
-    return (folder / "last.pth").is_file() and not (folder / "result.json").is_file()
+    """A fine-tuning run not finished: it has written no ``result.json`` and keeps ``last.pth`` or,
+    in its first epoch (before the first ``last.pth``), the marker of the job training in it."""
+    if (folder / "result.json").is_file():
+        return False
+    return (folder / "last.pth").is_file() or (folder / IN_USE).is_file()
 
 
 def epoch_seconds(lines: Iterable[str]) -> list[float]:

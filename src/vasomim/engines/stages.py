@@ -223,9 +223,10 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
     ``names`` found anywhere below it (a fine-tune's ``seed0/fold0/log.jsonl`` keeps its place).
     Stages that have not finished or started are skipped, and so are the fine-tuning runs still in
     progress in a partial stage (``last.pth``, or the in-use marker of a job that has not saved one
-    yet, without ``result.json``: their log would be half of one); a file is rewritten only when its content changed, through a temporary file (a reader
-    never sees half of one). A stage archived while partial and finished since loses its stale
-    ``partial.json`` in the archive, as it did in the study folder.
+    yet, without ``result.json``: their log would be half of one); a file is rewritten only when
+    its content changed, through a temporary file (a reader never sees half of one). A stage
+    archived while partial and finished since loses its stale ``partial.json`` in the archive, as
+    it did in the study folder.
 
     Args:
         stages: the study's stages (their dependencies are added).

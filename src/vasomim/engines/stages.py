@@ -94,13 +94,18 @@ class Stage:
         record = self.record(root)
         return None if record is None else record["outputs"]
 
+    def latest_record(self, root: Path) -> dict | None:
+        """What a finished run recorded, else what a partial one did (``partial.json``), else ``None``."""
+        record = self.record(root)
+        if record is not None:
+            return record
+        marker = self.dir(root) / "partial.json"
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
     def results(self, root: Path) -> dict | None:
         """The outputs of a finished run, else those of a partial one (``partial: True``), else ``None``."""
-        done = self.outputs(root)
-        if done is not None:
-            return done
-        marker = self.dir(root) / "partial.json"
-        return json.loads(marker.read_text())["outputs"] if marker.is_file() else None
+        record = self.latest_record(root)
+        return None if record is None else record["outputs"]
 
 
 def topological(stages: list[Stage]) -> list[Stage]:
@@ -255,7 +260,7 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
                 logging.getLogger(__name__).warning("%s: %d bytes, not archived (over %d)", f, size, max_bytes)
                 continue
             kept.append(copy_if_changed(f, dest / f.relative_to(root)))
-        stale = dest / (src / "partial.json").relative_to(root)
+        stale = dest / src.relative_to(root) / "partial.json"
         if (src / "stage.json").is_file() and stale.is_file():
             stale.unlink()
     return sorted(kept)
@@ -303,9 +308,7 @@ def stage_seconds(stage: Stage, root: str | os.PathLike) -> float | None:
     results = sorted(d.glob("seed*/fold*/result.json"))
     if results:
         return sum(_run_seconds(r) for r in results)
-    record = stage.record(root)
-    if record is None and (d / "partial.json").is_file():
-        record = json.loads((d / "partial.json").read_text())
+    record = stage.latest_record(root)
     return None if record is None else record.get("seconds")
 
 

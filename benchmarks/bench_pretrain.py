@@ -25,13 +25,15 @@ Sections:
    Correctness on the first call: rec and cons against fp32 on the same weights, batch and masks,
    and the cosine between the variants' and fp32's gradients.
 4. CPU fine-tuning step (`--sections finetune`): the fine-tuning engine's step (ViT U-Net with
-   ViT-Tiny, and the CNN U-Net), fp32 vs bf16 autocast, at every `--cpu-threads` count.
+   ViT-Tiny, and the CNN U-Net), fp32 vs bf16 autocast in channels-last, and fp32 in the default
+   (contiguous) layout, at every `--cpu-threads` count.
 5. The CNN U-Net's pre-training step (`--sections unet`): the trainer's step for the masked U-Net
    (SparK-style, the study's `unet_mae` and `unet_vasomim` arms: 16 x 4 levels, batch norm, 128 px,
    batch 32), as it runs now (channels-last model and input; dense decoder norms run
-   nn.BatchNorm2d itself on one process) against the reference it replaced (default layout;
-   every training-mode BatchNorm through the hand-written statistics, the path DDP still runs),
-   interleaved, with the losses and the gradient cosine of the first call.
+   nn.BatchNorm2d itself on one process), the same in the default layout (`contig`), and the
+   reference it replaced (default layout; every training-mode BatchNorm through the hand-written
+   statistics, the path DDP still runs), interleaved, with the losses and the gradient cosine of the
+   first call.
 
     python benchmarks/bench_pretrain.py --threads 1                      # CPU: tiny and small
     python benchmarks/bench_pretrain.py --batch-size 256 --img-size 224 --gamma 0.5 --beta 0.5
@@ -469,7 +471,8 @@ def _reference_dense_batch_norm(layer: torch.nn.BatchNorm2d, x: torch.Tensor) ->
 
 def build_unet_step(variant: str, args: argparse.Namespace) -> dict:
     """The trainer's U-Net pre-training step (VasoMIM arm with a random UNeXt-S) as `variant` runs it:
-    ``now`` (the engine's layout and norms) or ``reference`` (the default layout, hand-written norms)."""
+    ``now`` (channels-last, the engine's norms), ``contig`` (the engine's norms in the default layout) or
+    ``reference`` (the default layout, hand-written norms)."""
     from vasomim.engines.pretrain import (ConsistencyConfig, DataConfig, MaskingConfig, ModelConfig,
                                           PretrainConfig, build_model, build_optimizer, mask_and_forward)
     from vasomim.models.unet_mim import MaskedUNet
@@ -523,8 +526,8 @@ def bench_unet(args: argparse.Namespace) -> None:
     size, batch = args.unet_img_size, args.unet_batch_size
     print(f"\n== CNN U-Net pre-training step (16 x 4, batch norm), {size} px, batch {batch}, gamma {args.gamma}, "
           f"beta {args.beta}, consistency on; {args.warmup} warm-up + {args.step_repeats} timed steps per variant, "
-          f"interleaved; {torch.get_num_threads()} thread(s)")
-    built = {v: build_unet_step(v, args) for v in ("reference", "now")}
+          f"interleaved; {torch.get_num_threads()} thread(s); CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    built = {v: build_unet_step(v, args) for v in ("reference", "now", "contig")}
     for _ in range(args.warmup - 1):
         for b in built.values():
             b["step"]()
@@ -540,11 +543,13 @@ def bench_unet(args: argparse.Namespace) -> None:
 
 
 def bench_finetune_cpu(args: argparse.Namespace) -> None:
-    """Section 4: a fine-tuning step (forward, Dice + BCE, backward, AdamW) on CPU, fp32 vs bf16.
+    """Section 4: a fine-tuning step (forward, Dice + BCE, backward, AdamW) on CPU, by precision and layout.
 
-    The fine-tuning engine's own network, loss and layout (channels-last model and input), for the
-    ViT U-Net (ViT-Tiny) and the CNN U-Net; the bf16 variant runs the forward under
+    The fine-tuning engine's own network and loss, for the ViT U-Net (ViT-Tiny) and the CNN U-Net, in
+    three variants: ``fp32`` and ``bf16`` in channels-last (model and input), ``contig`` in fp32 and
+    the default (contiguous) layout. The bf16 variant runs the forward under
     torch.autocast("cpu", bfloat16) and the loss on float32 logits, as the engine does on CUDA.
+    Every ratio is against ``fp32`` (channels-last) at the same thread count.
     """
     from vasomim.engines.finetune import FinetuneConfig, dice_bce_loss, network_config
     from vasomim.inference import build_network
@@ -552,20 +557,26 @@ def bench_finetune_cpu(args: argparse.Namespace) -> None:
     threads = args.cpu_threads or [torch.get_num_threads()]
     size, batch = args.ft_img_size, args.ft_batch_size
     print(f"\n== CPU fine-tuning step, {size} px, batch {batch}; {args.warmup} warm-up + {args.step_repeats} "
-          f"timed steps per variant, interleaved; threads {threads}")
+          f"timed steps per variant, interleaved; threads {threads}; CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}")
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    x_contig = torch.randn(batch, 1, size, size, generator=gen)
+    x_cl = x_contig.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, 1, size, size, generator=gen) > 0.9).float()
+    variants = {"fp32": (False, torch.channels_last), "bf16": (True, torch.channels_last),
+                "contig": (False, torch.contiguous_format)}
+    variants = {k: v for k, v in variants.items() if k in args.ft_variants or k == "fp32"}
     for arch in ("vit_unet", "unet"):
         cfg = FinetuneConfig(data="unused", arch=arch, size="tiny", img_size=size)
         fns, first = {}, {}
         for n in threads:
-            for amp in (False, True):
+            for name, (amp, layout) in variants.items():
                 torch.manual_seed(0)
-                model = build_network(network_config(cfg)).to(memory_format=torch.channels_last)
+                model = build_network(network_config(cfg)).to(memory_format=layout)
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                x = x_cl if layout is torch.channels_last else x_contig
 
-                def step(model=model, opt=opt, amp=amp, n=n) -> float:
+                def step(model=model, opt=opt, amp=amp, n=n, x=x) -> float:
                     torch.set_num_threads(n)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                         logits = model(x)
@@ -575,7 +586,7 @@ def bench_finetune_cpu(args: argparse.Namespace) -> None:
                     opt.zero_grad(set_to_none=True)
                     return loss.item()
 
-                key = f"{'bf16' if amp else 'fp32'}@{n}"
+                key = f"{name}@{n}"
                 first[key] = step()  # on the initial weights
                 fns[key] = step
         for _ in range(args.warmup - 1):
@@ -616,6 +627,8 @@ def main() -> None:
     parser.add_argument("--cpu-arms", nargs="+", choices=("mae", "vasomim"), default=["mae", "vasomim"],
                         help="section 3: arms")
     parser.add_argument("--ft-img-size", type=int, default=128, help="section 4: fine-tuning window")
+    parser.add_argument("--ft-variants", nargs="+", choices=("fp32", "bf16", "contig"), default=["fp32", "bf16", "contig"],
+                        help="section 4: variants (fp32, the reference, always runs; bf16 is ~10x slower without AVX512-BF16)")
     parser.add_argument("--ft-batch-size", type=int, default=4, help="section 4: fine-tuning batch")
     parser.add_argument("--unet-img-size", type=int, default=128, help="section 5: pre-training size")
     parser.add_argument("--unet-batch-size", type=int, default=32, help="section 5: pre-training batch")

@@ -13,7 +13,7 @@ from vasomim.data.io import ImageReadError, write_png_atomic
 from vasomim.data.synthetic import synthesize
 from vasomim.engines.finetune import FinetuneConfig, build_network, network_config
 from vasomim.inference import (MODEL_REGISTRY, as_gray, input_convention, predict_image, register_model,
-                               sliding_window, window_starts)
+                               sliding_window, training_layout, window_starts)
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2, decoder_channels=(32, 16, 16, 8, 8), img_size=64)
 
@@ -131,3 +131,29 @@ def test_resize_mode_is_the_square_squash(checkpoint):
         want = resize_to(torch.sigmoid(model(x[None]))[0, 0].numpy(), image.shape)
     got = predict_image(model, image, model.input_convention, mode="resize")
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("capability, device, expected", [
+    ("AVX512", "cpu", torch.channels_last), ("AVX2", "cpu", torch.contiguous_format),
+    ("DEFAULT", "cpu", torch.contiguous_format), ("AVX2", "cuda", torch.channels_last)])
+def test_training_layout_follows_the_device(monkeypatch, capability, device, expected):
+    """Channels-last where oneDNN (AVX512) or cuDNN runs it faster, the default layout elsewhere."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert training_layout(torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("arch", ["unet", "vit_unet"])
+def test_layouts_agree_on_a_training_step(arch):
+    """Either layout trains the same network: logits and gradients equal to float32 rounding."""
+    cfg = FinetuneConfig(data="unused", arch=arch, size="tiny", img_size=64, depth=2, embed_dim=64, num_heads=2)
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for layout in (torch.channels_last, torch.contiguous_format):
+        torch.manual_seed(0)
+        model = build_network(network_config(cfg)).to(memory_format=layout)
+        logits = model(x.contiguous(memory_format=layout))
+        logits.square().mean().backward()
+        out[layout] = (logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    (l_cl, g_cl), (l_c, g_c) = out[torch.channels_last], out[torch.contiguous_format]
+    torch.testing.assert_close(l_cl, l_c, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_cl, g_c, rtol=1e-3, atol=1e-5)

@@ -263,13 +263,14 @@ def train_one_epoch(run: Run, cfg: FinetuneConfig) -> tuple[float, float]:
     steps_per_epoch = len(run.loader)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     use_amp = cfg.amp and run.device.type == "cuda"
+    layout = training_layout(run.device)
     run.model.train()
     losses = []
     for batch in run.loader:
         lr = cosine_lr(run.step, total, warmup, cfg.lr, cfg.min_lr)
         for group in run.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        x = batch["image"].to(run.device, non_blocking=True, memory_format=training_layout(run.device))
+        x = batch["image"].to(run.device, non_blocking=True, memory_format=layout)
         y = batch["mask"].to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = run.model(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -377,6 +378,41 @@ def test_a_finished_run_counts_from_its_record_when_its_weights_are_gone(data, t
     # chosen too, it is still not trained again: it is finished
     assert [r["seed"] for r in finetune(cfg, resume=True, progress=False)["runs"]] == [0, 1]
     assert not (seed0 / "last.pth").exists()
+
+
+def test_the_reports_rebuilt_from_the_run_records_alone_match_the_invocations(data, tmp_path):
+    """``summary_from_records`` gives the summary and per-image table of the runs' records alone:
+    those of the invocation that trained them (but the wall time, the sum of the runs' times), and
+    for runs trained apart in two folders, gathered in one, those of one invocation over both."""
+    from vasomim.engines.finetune import recorded_runs, summary_from_records
+
+    cfg = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4, folds=2,
+                         seeds=[0], **TINY)
+    whole = finetune(cfg, progress=False)
+    table = (tmp_path / "run" / "per_image.csv").read_text()
+    for name in ("per_image.csv", "summary.json"):
+        (tmp_path / "run" / name).unlink()
+    rebuilt = summary_from_records(tmp_path / "run")
+    assert (tmp_path / "run" / "per_image.csv").read_text() == table
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == rebuilt
+    assert {k: v for k, v in rebuilt.items() if k != "wall_s"} == {k: v for k, v in whole.items() if k != "wall_s"}
+    assert rebuilt["wall_s"] == pytest.approx(sum(r["wall_s"] for r in whole["runs"]))
+
+    # fold 1 trained in a folder of its own (another machine), its run folder gathered with fold 0's
+    apart = finetune(cfg.model_copy(update={"out": str(tmp_path / "apart"), "only_folds": [1]}), progress=False)
+    shutil.rmtree(tmp_path / "run" / "seed0" / "fold1")
+    shutil.copytree(tmp_path / "apart" / "seed0" / "fold1", tmp_path / "run" / "seed0" / "fold1")
+    assert recorded_runs(tmp_path / "run") == {(0, 0), (0, 1)}
+    merged = summary_from_records(tmp_path / "run")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "per_image.csv", newline="")))
+    assert {r["fold"] for r in rows} == {"0", "1"} and len(rows) == len(table.splitlines()) - 1
+    assert merged["runs"][1]["dice"] == apart["runs"][0]["dice"]
+    per_run = [np.mean([float(r["dice"]) for r in rows if r["fold"] == f]) for f in "01"]
+    assert merged["metrics"]["dice"]["mean"] == pytest.approx(np.mean(per_run), abs=1e-6)  # of the run means (the table: 6 digits)
+    assert merged["metrics"]["dice"]["std"] == pytest.approx(np.std(per_run, ddof=1), abs=1e-6)
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"config\.json: no readable fine-tuning config"):
+        summary_from_records(tmp_path / "run")
 
 
 def test_resuming_a_finished_run_keeps_its_record_and_log(data, tmp_path):

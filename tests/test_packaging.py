@@ -9,8 +9,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
 
 from vasomim.config import CONFIG_DIR

@@ -141,6 +141,22 @@ def test_archive_copies_the_text_records_of_finished_stages_in_the_study_layout(
         archive_records([done], root, root / "archive")
 
 
+def test_archive_keeps_its_record_of_a_stage_re_run_elsewhere_that_differs_in_time_alone(tmp_path):
+    root, dest = tmp_path / "study", tmp_path / "archive"
+    stage = Stage("anatomy", "a", {"v": 1}, _writer)
+    run_stages([stage], root, log=lambda _: None)
+    archive_records([stage], root, dest)
+    record = stage.dir(root) / "stage.json"
+    archived = dest / record.relative_to(root)
+    first = archived.read_text()
+    again = json.loads(record.read_text())  # re-run on a new machine: the same outputs, its own time
+    record.write_text(json.dumps({**again, "seconds": again["seconds"] + 60.0}))
+    assert archived in archive_records([stage], root, dest) and archived.read_text() == first
+    record.write_text(json.dumps({**again, "outputs": {"ok": False}}))  # other outputs: taken up
+    archive_records([stage], root, dest)
+    assert json.loads(archived.read_text())["outputs"] == {"ok": False}
+
+
 def test_archive_leaves_out_the_runs_still_training_in_a_partial_stage(tmp_path):
     root, dest = tmp_path / "study", tmp_path / "archive"
     stage = Stage("finetune", "a@1", {"v": 1}, _writer)

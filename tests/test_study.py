@@ -411,3 +411,49 @@ def test_a_lost_study_folder_refilled_from_its_archive_keeps_its_finished_runs(d
         assert [r for r in csv.DictReader(fh) if r["fold"] == "0"] == fold0
     assert "overlays of scratch skipped" not in err
     assert (report.parent / "figures" / "case_scratch_best.png").is_file()
+
+
+def test_archiving_a_new_study_folder_keeps_the_runs_archived_from_a_lost_one(data, tmp_path, caplog):
+    """Fold 0 finished and archived on one machine; its study folder lost; fold 1 run in a new folder
+    that never held fold 0, then archived into the same archive. The archive's stage reports are
+    those of both runs (the study folder's hold fold 1 only), and the stage is finished there."""
+    import shutil
+
+    from vasomim.engines.study import StudyPart, archive_study
+
+    cfg = tiny_study(data, arms={"scratch": {"init": "scratch"}})
+    cfg = cfg.model_copy(update={"out": str(tmp_path / "s"), "sweeps": {}, "analyses": False, "frangi": False,
+                                 "pretrain_arms": {}})
+    stage = build_stages(cfg)["finetune"][("scratch", 1.0)]
+    archived, here = stage.dir(tmp_path / "archive"), stage.dir(Path(cfg.out))
+    run_study(cfg.model_copy(update={"only": StudyPart(folds=[0])}))
+    archive_study(cfg, tmp_path / "archive")
+    assert (archived / "partial.json").is_file() and not (archived / "stage.json").exists()
+    fold0 = [r for r in csv.DictReader(open(archived / "per_image.csv", newline=""))]
+    first_report = (tmp_path / "archive" / "report" / "report.md").read_text()
+
+    shutil.rmtree(tmp_path / "s")  # a new machine: fold 0 is not copied back
+    run_study(cfg.model_copy(update={"only": StudyPart(folds=[1])}))
+    assert json.loads((here / "partial.json").read_text())["outputs"]["n_runs_planned"] == 2
+    fold1 = [r for r in csv.DictReader(open(here / "per_image.csv", newline=""))]
+    assert {r["fold"] for r in fold1} == {"1"}
+    kept = archive_study(cfg, tmp_path / "archive")
+
+    rows = [r for r in csv.DictReader(open(archived / "per_image.csv", newline=""))]
+    assert rows == fold0 + fold1  # fold 0 from the archive, fold 1 from the study folder
+    summary = json.loads((archived / "summary.json").read_text())
+    assert [(r["seed"], r["fold"]) for r in summary["runs"]] == [(0, 0), (0, 1)]
+    means = [sum(float(r["dice"]) for r in rs) / len(rs) for rs in (fold0, fold1)]
+    assert summary["metrics"]["dice"]["mean"] == pytest.approx(sum(means) / 2)
+    record = json.loads((archived / "stage.json").read_text())  # both planned runs: finished
+    assert not (archived / "partial.json").exists() and not record["outputs"].get("partial")
+    assert record["outputs"]["metrics"] == summary["metrics"] and record["key"] == stage.key
+    assert archived / "stage.json" in kept
+    # the new folder's report knows fold 1 alone: the archive keeps the one it has, and says so
+    assert (tmp_path / "archive" / "report" / "report.md").read_text() == first_report
+    assert "its report kept" in caplog.text and "finetune/scratch@1" in caplog.text
+    # the study folder itself is left as it was; archiving again changes nothing
+    assert [r for r in csv.DictReader(open(here / "per_image.csv", newline=""))] == fold1
+    before = {p: p.read_bytes() for p in archived.rglob("*") if p.is_file()}
+    archive_study(cfg, tmp_path / "archive")
+    assert {p: p.read_bytes() for p in archived.rglob("*") if p.is_file()} == before

@@ -238,11 +238,61 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
                 remaining -= res.trained_epochs
             results.append(res)
     results += recorded
-    results.sort(key=lambda r: (r.seed, r.fold))
-    summary = _summary(cfg, results, time.perf_counter() - t0)
+    summary = _summary(cfg, sorted(results, key=lambda r: (r.seed, r.fold)), time.perf_counter() - t0)
     if busy:
         summary["busy"] = [f"seed {p.seed} / fold {p.fold}" for p in busy]
-    rows = [{"seed": r.seed, "fold": r.fold, **row} for r in results for row in r.rows]
-    write_text_atomic(out / "per_image.csv", csv_text(rows, ("seed", "fold", "image", *METRICS)))
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    for name, text in _report_texts(summary, results).items():
+        write_text_atomic(out / name, text)
+    return summary
+
+
+def _report_texts(summary: dict, results: list[RunResult]) -> dict[str, str]:
+    """The contents of a fine-tuning folder's ``per_image.csv`` (a row per run and held-out image)
+    and ``summary.json``."""
+    rows = [{"seed": r.seed, "fold": r.fold, **row}
+            for r in sorted(results, key=lambda r: (r.seed, r.fold)) for row in r.rows]
+    return {"per_image.csv": csv_text(rows, ("seed", "fold", "image", *METRICS)),
+            "summary.json": json.dumps(summary, indent=2) + "\n"}
+
+
+def recorded_runs(out: str | Path) -> set[tuple[int, int]]:
+    """The ``(seed, fold)`` runs of a fine-tuning folder that left a finished-run record."""
+    return {(int(p.parent.parent.name[4:]), int(p.parent.name[4:]))
+            for p in Path(out).glob(f"seed*/fold*/{RESULT_NAME}")}
+
+
+def summary_from_records(out: str | Path, write: bool = True) -> dict:
+    """Rebuild a fine-tuning folder's summary and per-image table from its runs' records alone.
+
+    The records (``seed*/fold*/result.json``, :func:`~vasomim.engines.finetune_run.save_result`)
+    hold every score the reports need, so the reports of runs trained apart (another machine,
+    another session: an archive that gathers them) are those of one invocation that counted them
+    all. Runs recorded under another config than the folder's ``config.json`` are left out with a
+    warning (:func:`~vasomim.engines.finetune_run.load_result`). ``wall_s`` is the sum of the runs'
+    recorded times.
+
+    Args:
+        out: the folder (``config.json`` and the run records).
+        write: also write ``summary.json`` and ``per_image.csv`` there, each only when its content
+            changed (through a temporary file).
+
+    Returns:
+        The summary, as :func:`finetune` returns it.
+
+    Raises:
+        ValueError: one line naming the folder when it has no readable ``config.json``.
+    """
+    out = Path(out)
+    try:
+        cfg = FinetuneConfig.model_validate(json.loads((out / "config.json").read_text()))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{out / 'config.json'}: no readable fine-tuning config ({type(e).__name__}: {e})") from None
+    results = [r for s, f in sorted(recorded_runs(out))
+               if (r := load_result(out / f"seed{s}" / f"fold{f}", cfg)) is not None]
+    summary = _summary(cfg, results, sum(r.wall_s for r in results))
+    if write:
+        for name, text in _report_texts(summary, results).items():
+            target = out / name
+            if not (target.is_file() and target.read_text() == text):
+                write_text_atomic(target, text)
     return summary

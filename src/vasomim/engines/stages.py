@@ -221,7 +221,8 @@ def _finish(s: Stage, d: Path, outputs: dict, dt: float, prefix: str, report: Ru
 
 
 def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str | os.PathLike,
-                    names: Iterable[str] = RECORD_NAMES, max_bytes: int = 2_000_000) -> list[Path]:
+                    names: Iterable[str] = RECORD_NAMES, max_bytes: int = 2_000_000,
+                    merge: Callable[[Stage, Path, Path], list[Path]] | None = None) -> list[Path]:
     """Copy the text records of every finished or partial stage under ``root`` to ``dest``.
 
     Each stage's folder ``<kind>/<name>-<key>`` is mirrored under ``dest`` with the files named in
@@ -229,9 +230,12 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
     Stages that have not finished or started are skipped, and so are the fine-tuning runs still in
     progress in a partial stage (``last.pth``, or the in-use marker of a job that has not saved one
     yet, without ``result.json``: their log would be half of one); a file is rewritten only when
-    its content changed, through a temporary file (a reader never sees half of one). A stage
-    archived while partial and finished since loses its stale ``partial.json`` in the archive, as
-    it did in the study folder.
+    its content changed, through a temporary file (a reader never sees half of one); a stage
+    record that differs from the archived one in its time alone (the stage re-run on a new machine)
+    is left as archived. A stage archived while partial and finished since loses its stale
+    ``partial.json`` in the archive, as it did in the study folder. Records the archive holds and the study folder no longer does (a
+    run finished on another machine) are kept; ``merge`` then brings the stage's own summaries in
+    line with all of them.
 
     Args:
         stages: the study's stages (their dependencies are added).
@@ -239,6 +243,9 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
         dest: the archive folder (created).
         names: the file names to copy.
         max_bytes: a file larger than this is not a record: it is skipped with a warning.
+        merge: ``(stage, study_dir, archive_dir) -> paths written``, called for each stage after
+            its records are copied (the study's fine-tune stages rebuild their summaries there from
+            the union of the runs' records).
 
     Returns:
         The archive paths written or already up to date, sorted.
@@ -259,11 +266,28 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
             if size > max_bytes:
                 logging.getLogger(__name__).warning("%s: %d bytes, not archived (over %d)", f, size, max_bytes)
                 continue
-            kept.append(copy_if_changed(f, dest / f.relative_to(root)))
+            target = dest / f.relative_to(root)
+            if f.name == "stage.json" and _same_but_time(f, target):
+                kept.append(target)  # the same stage re-run elsewhere: the archived record stands
+                continue
+            kept.append(copy_if_changed(f, target))
         stale = dest / src.relative_to(root) / "partial.json"
         if (src / "stage.json").is_file() and stale.is_file():
             stale.unlink()
-    return sorted(kept)
+        if merge is not None:
+            kept += merge(s, src, dest / src.relative_to(root))
+    return sorted(set(kept))
+
+
+def _same_but_time(a: Path, b: Path) -> bool:
+    """Two stage records that differ in their ``seconds`` alone (``b`` may be missing)."""
+    if not b.is_file():
+        return False
+    try:
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    except ValueError:
+        return False
+    return ra != rb and {**ra, "seconds": None} == {**rb, "seconds": None}
 
 
 def _unfinished_run(folder: Path) -> bool:

@@ -39,7 +39,7 @@ from vasomim.config import StrictModel, deep_merge
 from vasomim.data.io import write_text_atomic
 from vasomim.engines.anatomy import AnatomyConfig, frangi_prediction, list_images, run_anatomy
 from vasomim.engines.evaluate import csv_text, summarize_rows
-from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items
+from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items, recorded_runs, summary_from_records
 from vasomim.engines.pretrain import PretrainConfig, pretrain
 from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
 from vasomim.engines.stages import Stage, archive_records, copy_if_changed, epoch_seconds, run_stages
@@ -576,18 +576,72 @@ def run_study(cfg: StudyConfig, dry_run: bool = False, command: str | None = Non
     return write_study_report(cfg, graph, root, report, time.perf_counter() - t0, command)
 
 
+def _merge_archived_runs(stage: Stage, src: Path, target: Path) -> list[Path]:
+    """A fine-tune stage whose archive holds finished runs the study folder lacks (trained on another
+    machine, whose study folder is gone): its ``summary.json``, ``per_image.csv`` and stage record in
+    the archive are rebuilt from the union of the runs' records, rather than left as the study
+    folder's, which knows only its own runs. The stage record is ``stage.json`` once the runs cover
+    every planned one (its ``partial.json`` goes), ``partial.json`` until then.
+
+    It runs when the archive's run records are more than the runs the study folder's stage record
+    counts: runs finished elsewhere, or records copied back into the study folder after its stage
+    last ran. A stage record that counts runs with no record (older archives) is left alone."""
+    if stage.kind != "finetune":
+        return []
+    own = next((src / n for n in ("stage.json", "partial.json") if (src / n).is_file()), None)
+    record = json.loads(own.read_text()) if own else {"kind": stage.kind, "name": stage.name, "key": stage.key,
+                                                      "outputs": {}}
+    counted = {(r["seed"], r["fold"]) for r in record["outputs"].get("runs", [])}
+    if not recorded_runs(target) > counted:
+        return []
+    summary = summary_from_records(target)
+    done = {(r["seed"], r["fold"]) for r in summary["runs"]}
+    every = _planned_runs(summary["seeds"], summary["folds"],
+                          json.loads((target / "config.json").read_text()).get("only_folds"))
+    record["outputs"] = {"metrics": summary["metrics"], "runs": summary["runs"],
+                         "per_image": record["outputs"].get("per_image", str(src / "per_image.csv")),
+                         "wall_s": summary["wall_s"]}
+    finished = every <= done
+    if not finished:
+        record["outputs"].update(partial=True, n_runs_planned=len(every))
+    path = target / ("stage.json" if finished else "partial.json")
+    text = json.dumps(record, indent=2, default=str)
+    if not (path.is_file() and path.read_text() == text):
+        write_text_atomic(path, text)
+    if finished:
+        (target / "partial.json").unlink(missing_ok=True)
+    return [path, target / "summary.json", target / "per_image.csv"]
+
+
 def archive_study(cfg: StudyConfig, dest: str | os.PathLike) -> list[Path]:
     """Copy the text records of the study's finished and partial stages, and its report, to ``dest``.
 
     Runs nothing. The archive holds every stage's configs, logs, summaries and per-image scores in
     the study's own layout (``finetune/<arm>@<fraction>-<key>/per_image.csv``, ...), small enough
     to keep beside the figures they back (see :func:`vasomim.engines.stages.archive_records`).
+
+    Runs the archive holds and the study folder does not (a study folder on a new machine) stay,
+    and the fine-tune stages' summaries there count them too (:func:`_merge_archived_runs`). The
+    study's report replaces the archive's only when the study folder holds every stage record the
+    archive does; otherwise the archive keeps its own, with a warning.
     """
     root = Path(cfg.out)
     if not root.is_dir():
         raise ValueError(f"{root}: no such study folder (nothing has run yet, or `out` points elsewhere)")
-    kept = archive_records(graph_stages(build_stages(cfg)), root, dest)
+    stages = graph_stages(build_stages(cfg))
+    lacking = [f"{s.kind}/{s.name}" for s in stages if s.results(Path(dest)) is not None and s.results(root) is None]
+    merged: list[str] = []
+
+    def merge(stage: Stage, src: Path, target: Path) -> list[Path]:
+        written = _merge_archived_runs(stage, src, target)
+        merged.extend([f"{stage.kind}/{stage.name}"] if written else [])
+        return written
+
+    kept = archive_records(stages, root, dest, merge=merge)
     report = root / "report" / "report.md"
-    if report.is_file():
+    if report.is_file() and not lacking and not merged:
         kept.append(copy_if_changed(report, Path(dest) / "report" / "report.md"))
+    elif report.is_file():
+        logger.warning(f"{dest}: its report kept, not replaced by {report}: the study folder lacks records the "
+                       f"archive holds ({', '.join(lacking + merged)[:300]})")
     return kept

@@ -204,6 +204,30 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp_path, capsys
     assert epochs == [0, 1, 2, 3]
 
 
+def test_a_forced_layout_trains_in_it_and_a_run_may_resume_in_the_other(data, tmp_path):
+    """``layout`` forces the training layout (the saved weights keep it) and is speed only, so a run
+    cut in channels-last resumes in the default layout. (That both layouts compute the same step is
+    ``test_inference.py::test_layouts_agree_on_a_training_step``; over epochs Adam turns their float32
+    rounding into lr-sized weight differences, so whole runs are not compared here.)"""
+    def conv_layouts(path):
+        state = torch.load(path, weights_only=True)["model"]
+        convs = [v for k, v in state.items() if v.ndim == 4 and v.shape[1] > 1 and v.shape[2] > 1]
+        assert convs
+        return ({v.is_contiguous(memory_format=torch.channels_last) for v in convs},
+                {v.is_contiguous() for v in convs})
+
+    base = dict(data=str(data), epochs=2, batch_size=4, lr=3e-3, val_every=2, folds=1, **TINY)
+    cut = FinetuneConfig(out=str(tmp_path / "cut"), layout="channels_last", **base)
+    assert finetune(cut, progress=False, stop_after=1) is None
+    last = tmp_path / "cut" / "seed0" / "fold0" / "last.pth"
+    assert conv_layouts(last) == ({True}, {False})
+    finetune(cut.model_copy(update={"layout": "contiguous"}), resume=True, progress=False)
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert conv_layouts(last) == ({False}, {True})
+    with pytest.raises(ValueError, match="layout"):
+        FinetuneConfig(data="unused", layout="nhwc")
+
+
 def test_validation_does_not_move_the_training_random_streams(data, tmp_path):
     # scoring held-out frames every epoch or never in between must train the same weights
     base = dict(data=str(data), epochs=3, batch_size=4, lr=3e-3, folds=1, **TINY)

@@ -142,6 +142,17 @@ def test_training_layout_follows_the_device(monkeypatch, capability, device, exp
     assert training_layout(torch.device(device)) is expected
 
 
+def test_a_forced_layout_overrides_the_rule(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    cpu = torch.device("cpu")
+    assert training_layout(cpu, "channels_last") is torch.channels_last
+    assert training_layout(cpu, "contiguous") is torch.contiguous_format
+    assert training_layout(torch.device("cuda"), "contiguous") is torch.contiguous_format
+    assert training_layout(cpu, "auto") is torch.contiguous_format
+    with pytest.raises(ValueError, match="layout 'nhwc': not one of auto, channels_last, contiguous"):
+        training_layout(cpu, "nhwc")
+
+
 @pytest.mark.parametrize("arch", ["unet", "vit_unet"])
 def test_layouts_agree_on_a_training_step(arch):
     """Either layout trains the same network: logits and gradients equal to float32 rounding."""

@@ -72,14 +72,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def training_layout(device: torch.device) -> torch.memory_format:
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def training_layout(device: torch.device, choice: str = "auto") -> torch.memory_format:
     """The memory layout a segmentation network trains fastest in on ``device``.
 
-    Channels-last on CUDA and on CPUs with AVX512 (oneDNN's convolutions: 11-17% faster fine-tuning
-    steps there); the default layout on other CPUs, where channels-last ties at 128 px and is 11-17%
-    slower at 256 px (AVX2; ``benchmarks/bench_pretrain.py --sections finetune --ft-variants contig``).
-    The layout changes the speed only: results agree to float32 rounding.
+    ``auto``: channels-last on CUDA and on CPUs with AVX512 (oneDNN's convolutions: 11-17% faster
+    fine-tuning steps there); the default layout on other CPUs, where channels-last ties at 128 px
+    and is 11-17% slower at 256 px (AVX2; ``benchmarks/bench_pretrain.py --sections finetune
+    --ft-variants contig`` measures any machine). ``channels_last`` or ``contiguous`` force one,
+    for a CPU the rule misjudges. The layout changes the speed only: results agree to float32
+    rounding.
     """
+    if choice != "auto":
+        try:
+            return LAYOUTS[choice]
+        except KeyError:
+            raise ValueError(f"layout {choice!r}: not one of auto, {', '.join(LAYOUTS)}") from None
     if device.type == "cuda" or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return torch.channels_last
     return torch.contiguous_format

@@ -17,7 +17,7 @@ CHECKPOINT_KIND = "vasomim_segmentation"
 
 #: Config keys that may change between an interrupted run and its resume.
 RESUMABLE_CHANGES = ("out", "device", "workers", "seeds", "val_every", "save_every", "epochs", "select",
-                     "only_folds", "init_decoder")  # init_decoder: read at the start only (and older runs lack it)
+                     "only_folds", "init_decoder", "layout")  # init_decoder: read at the start only (and older runs lack it)
 
 
 class AugmentConfig(StrictModel):
@@ -99,6 +99,9 @@ class FinetuneConfig(StrictModel):
     save_every: int = Field(1, ge=1, description="write last.pth every K epochs (and at the end)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    layout: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto", description="memory layout of the network and its batches while training: auto "
+        "(channels-last on CUDA and AVX512 CPUs, the default layout elsewhere) or one forced; speed only")
     tensorboard: bool = Field(False, description="also log to <run>/tensorboard (the tensorboard extra)")
 
     @field_validator("seeds")

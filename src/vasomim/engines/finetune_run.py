@@ -233,7 +233,7 @@ def setup(cfg: FinetuneConfig, plan: RunPlan, resuming: bool) -> Run:
     seed_everything(plan.seed)
     model = build_network(network_config(cfg))
     notes = [] if resuming else initialize(model, cfg.init, cfg.arch, cfg.init_decoder)
-    model.to(device, memory_format=training_layout(device))
+    model.to(device, memory_format=training_layout(device, cfg.layout))
     opt = torch.optim.AdamW(param_groups_lrd(model, cfg.lr, cfg.weight_decay, cfg.layer_decay),
                             lr=cfg.lr, betas=(0.9, 0.999))
     scale = cfg.input_scale or inference_scale(plan.train_items, cfg.img_size)
@@ -263,7 +263,7 @@ def train_one_epoch(run: Run, cfg: FinetuneConfig) -> tuple[float, float]:
     steps_per_epoch = len(run.loader)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     use_amp = cfg.amp and run.device.type == "cuda"
-    layout = training_layout(run.device)
+    layout = training_layout(run.device, cfg.layout)
     run.model.train()
     losses = []
     for batch in run.loader:

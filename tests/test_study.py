@@ -125,7 +125,41 @@ def test_dry_run_and_bad_arm(data, tmp_path, capsys):
     with pytest.raises(ValueError, match="names no pre-training arm"):
         build_stages(bad)
     with pytest.raises(ValueError, match="not fine-tune arms"):
-        build_stages(tiny_study(data).model_copy(update={"sweeps": {"x": {"nope": 1.0}}}))
+        build_stages(StudyConfig.model_validate({**tiny_study(data).model_dump(), "sweeps": {"x": {"nope": 1.0}}}))
+    with pytest.raises(ValueError, match=r"fraction 0.5 is not one of the study's label fractions \(1\)"):
+        build_stages(StudyConfig.model_validate({**tiny_study(data).model_dump(),
+                                                 "sweeps": {"x": {"points": {"scratch": 1}, "fraction": 0.5}}}))
+
+
+def test_a_sweep_reads_its_own_label_fraction_and_skips_arms_not_run(data, tmp_path):
+    """``{points, fraction}`` plots the arms at that fraction; the plain ``{arm: x}`` form, the
+    largest; arms without a finished run are left out and a sweep with none is skipped (the
+    figure's table, written beside it, holds the recorded run scores)."""
+    from vasomim.engines.study_report import _sweeps
+
+    cfg = StudyConfig.model_validate({**tiny_study(data).model_dump(), "out": str(tmp_path / "s"),
+                                      "label_fractions": [0.1, 1.0], "sweeps": {
+        "pre-training epochs": {"points": {"scratch": 0, "vasomim": 16}, "fraction": 0.1},
+        "initialisation": {"scratch": "scratch", "vasomim": "vasomim"},
+        "none yet": {"points": {"vasomim": 1}, "fraction": 1.0}}})
+    assert cfg.sweeps["initialisation"].fraction is None and cfg.sweeps["initialisation"].points["vasomim"] == "vasomim"
+    graph, root = build_stages(cfg), Path(cfg.out)
+    scores = {("scratch", 0.1): 0.50, ("vasomim", 0.1): 0.60, ("scratch", 1.0): 0.70}
+    for (arm, frac), dice in scores.items():
+        stage = graph["finetune"][(arm, frac)]
+        stage.dir(root).mkdir(parents=True)
+        runs = [{"seed": 0, "fold": f, "dice": dice + 0.02 * f, "cldice": dice} for f in (0, 1)]
+        (stage.dir(root) / "stage.json").write_text(json.dumps({"outputs": {"runs": runs, "metrics": {}}}))
+    graph = {**graph, "finetune": {k: s for k, s in graph["finetune"].items() if k in scores}}  # as the report has it
+    figures = []
+    rep = type("R", (), {"add_figure": lambda self, png, caption: figures.append((png.name, caption))})()
+    _sweeps(cfg, graph, root, rep, tmp_path / "fig")
+    assert [name for name, _ in figures] == ["sweep_0.png", "sweep_1.png"]
+    assert "at 0.1 of the labels" in figures[0][1] and "at 0.1" not in figures[1][1]
+    budget = json.loads((tmp_path / "fig" / "sweep_0.json").read_text())["table"]
+    assert {(e["x"], round(e["dice_mean"], 6)) for e in budget} == {(0, 0.51), (16, 0.61)}
+    init = json.loads((tmp_path / "fig" / "sweep_1.json").read_text())["table"]
+    assert {(e["x"], round(e["dice_mean"], 6)) for e in init} == {("scratch", 0.71)}  # vasomim@1 never ran
 
 
 def test_a_cnn_unet_pretraining_arm_runs_through_the_study_and_its_report(data, tmp_path):

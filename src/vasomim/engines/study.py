@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vasomim.anatomy import DEFAULT_RECIPE
 from vasomim.config import StrictModel, deep_merge
@@ -71,6 +71,14 @@ class StudyPart(StrictModel):
     fractions: list[float] | None = None
     seeds: list[int] | None = None
     folds: list[int] | None = None
+
+
+class Sweep(StrictModel):
+    """A figure over fine-tune arms (``StudyConfig.sweeps``): score against a swept value."""
+
+    points: dict[str, float | str] = Field(description="fine-tune arm -> its x value")
+    fraction: float | None = Field(None, gt=0, le=1, description="the label fraction read; default "
+                                   "the study's largest")
 
 
 class StudyConfig(StrictModel):
@@ -114,7 +122,8 @@ class StudyConfig(StrictModel):
             selection study: ``paired_with: [unet_s0.5]``.
         sweeps: figures over fine-tune arms, e.g. the masking-ratio sweep (Fig. 5):
             ``{"masking ratio": {"r25": 0.25, "r50": 0.5, "r75": 0.75}}`` maps a sweep's x-axis label
-            to ``{fine-tune arm: x value}`` (x values may be text, e.g. "0→0.5" for Table 5).
+            to ``{fine-tune arm: x value}`` (x values may be text, e.g. "0→0.5" for Table 5), read at
+            the study's largest label fraction; ``{points: {arm: x}, fraction: 0.1}`` reads another.
         pretrain_launcher: run each pre-training arm through this launcher, e.g.
             ``torchrun --nproc_per_node=8 --no-python`` (the rest of the study stays in this process).
         only: run part of the fine-tuning this time, to split a long study across sessions or
@@ -143,9 +152,18 @@ class StudyConfig(StrictModel):
     analyses: bool = True
     analysis_images: int = Field(4, ge=1)
     paired_with: list[str] | None = None
-    sweeps: dict[str, dict[str, float | str]] = Field(default_factory=dict)
+    sweeps: dict[str, Sweep] = Field(default_factory=dict)
     pretrain_launcher: str | None = None
     only: StudyPart | None = None
+
+    @field_validator("sweeps", mode="before")
+    @classmethod
+    def _sweep_points(cls, v: Any) -> Any:
+        """A sweep given as ``{arm: x}`` alone reads the largest label fraction."""
+        if not isinstance(v, dict):
+            return v
+        whole = (lambda s: isinstance(s, Sweep) or (isinstance(s, dict) and "points" in s))
+        return {label: s if whole(s) else {"points": s} for label, s in v.items()}
 
     @model_validator(mode="after")
     def _paired_arms_exist(self) -> "StudyConfig":
@@ -505,10 +523,13 @@ def build_stages(cfg: StudyConfig, timing: dict[str, tuple[float, int]] | None =
         cost = _pretrain_minutes(values, n_corpus)
         pretrain[arm] = Stage("pretrain", arm, values, partial(_run_pretrain, launcher=cfg.pretrain_launcher), deps=deps,
                               cost=cost, remaining=_pretrain_remaining(cost, int(values.get("epochs", 800))))
-    for label, points in cfg.sweeps.items():
-        unknown = sorted(set(points) - set(cfg.finetune_arms))
+    for label, sweep in cfg.sweeps.items():
+        unknown = sorted(set(sweep.points) - set(cfg.finetune_arms))
         if unknown:
             raise ValueError(f"sweep {label!r}: {', '.join(unknown)} are not fine-tune arms ({', '.join(cfg.finetune_arms)})")
+        if sweep.fraction is not None and sweep.fraction not in cfg.label_fractions:
+            raise ValueError(f"sweep {label!r}: fraction {sweep.fraction:g} is not one of the study's label "
+                             f"fractions ({', '.join(f'{f:g}' for f in cfg.label_fractions)})")
     spt = None
     finetune: dict[tuple[str, float], Stage] = {}
     for arm, over in cfg.finetune_arms.items():

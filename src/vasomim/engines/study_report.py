@@ -170,20 +170,25 @@ def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
 
 
 def _sweeps(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
-    """One figure per configured sweep (Fig. 5, Table 5): score vs x over the sweep's arms."""
-    frac = max(cfg.label_fractions)
-    for k, (label, points) in enumerate(cfg.sweeps.items()):
+    """One figure per configured sweep (Fig. 5, Table 5): score vs x over the sweep's arms, at the
+    sweep's label fraction (the study's largest by default); arms with no finished run yet are left
+    out, and a sweep with none is skipped."""
+    for k, (label, sweep) in enumerate(cfg.sweeps.items()):
+        frac = sweep.fraction if sweep.fraction is not None else max(cfg.label_fractions)
         rows = []
-        for arm, x in points.items():
+        for arm, x in sweep.points.items():
             if (arm, frac) not in graph["finetune"]:
                 continue
             for run in graph["finetune"][(arm, frac)].results(root)["runs"]:
                 if "dice" in run:
                     rows.append({"arm": label, "x": x, "seed": f"{run['seed']}-{run['fold']}",
                                  "dice": run["dice"], "cldice": run["cldice"]})
+        if not rows:
+            continue
         png = fig_dir / f"sweep_{k}.png"
-        plot_sweep(rows, label, png, title=f"Sweep: {label}")
-        rep.add_figure(png, f"DSC and clDice vs {label} (mean ± std over folds x seeds).")
+        at = "" if frac == max(cfg.label_fractions) else f" at {frac:g} of the labels"
+        plot_sweep(rows, label, png, title=f"Sweep: {label}{at}")
+        rep.add_figure(png, f"DSC and clDice vs {label}{at} (mean ± std over folds x seeds).")
 
 
 def _load_mae(stage, root: Path):

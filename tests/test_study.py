@@ -491,3 +491,21 @@ def test_archiving_a_new_study_folder_keeps_the_runs_archived_from_a_lost_one(da
     before = {p: p.read_bytes() for p in archived.rglob("*") if p.is_file()}
     archive_study(cfg, tmp_path / "archive")
     assert {p: p.read_bytes() for p in archived.rglob("*") if p.is_file()} == before
+
+    # both study folders gone: the report comes back from the archive alone, with both folds
+    shutil.rmtree(tmp_path / "s")
+    assert main(["study", str(_yaml(cfg, tmp_path)), "--report-from", str(tmp_path / "archive")]) == 0
+    md = (tmp_path / "archive" / "report-records" / "report.md").read_text()
+    m = summary["metrics"]["dice"]
+    assert f"| scratch (ViT-tiny U-Net, init scratch) | {100 * m['mean']:.2f} ± {100 * m['std']:.2f} |" in md
+    assert "2 runs (folds x seeds)" in md and "records alone" in md and "hardware.CPU" not in md
+    assert main(["study", str(_yaml(cfg, tmp_path)), "--report-from", str(tmp_path / "nothing")]) == 2
+
+
+def _yaml(cfg: StudyConfig, folder: Path) -> Path:
+    """``cfg`` as a study file (for the CLI)."""
+    import yaml
+
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    return path

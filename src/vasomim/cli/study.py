@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--archive", metavar="DIR",
                    help="run nothing: copy the text records of the finished stages (configs, logs, summaries, "
                         "per-image scores; no weights) and the report to DIR, in the study's layout")
+    p.add_argument("--report-from", metavar="DIR",
+                   help="run nothing: write DIR/report-records/ from an archive's records alone (tables, paired "
+                        "differences, label-efficiency and sweep figures; no overlays or analyses)")
     p.set_defaults(func=run)
 
 
@@ -33,13 +36,18 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from vasomim.config import build_config
-    from vasomim.engines.study import StudyConfig, archive_study, run_study
+    from vasomim.engines.study import StudyConfig, archive_study, report_from_archive, run_study
 
     try:
         cfg = build_config(StudyConfig, args.study, args.overrides)
         if args.archive:
             kept = archive_study(cfg, args.archive)
             print(f"archived {len(kept)} records of {cfg.out} in {args.archive}")
+            return 0
+        if args.report_from:
+            report = report_from_archive(cfg, args.report_from, command=" ".join(
+                ["vasomim", "study", args.study, *args.overrides, "--report-from", args.report_from]))
+            print(f"report: {report} (and index.html)")
             return 0
         report = run_study(cfg, dry_run=args.dry_run, command=" ".join(["vasomim", "study", args.study, *args.overrides]))
     except (ValidationError, ValueError, FileNotFoundError) as exc:

@@ -42,7 +42,7 @@ from vasomim.engines.evaluate import csv_text, summarize_rows
 from vasomim.engines.finetune import FinetuneConfig, finetune, labelled_items, recorded_runs, summary_from_records
 from vasomim.engines.pretrain import PretrainConfig, pretrain
 from vasomim.engines.segmentor import SegmentorConfig, train_segmentor
-from vasomim.engines.stages import Stage, archive_records, copy_if_changed, epoch_seconds, run_stages
+from vasomim.engines.stages import RunReport, Stage, archive_records, copy_if_changed, epoch_seconds, run_stages
 from vasomim.engines.study_report import graph_stages, write_study_report
 from vasomim.metrics import evaluate_pair
 
@@ -632,6 +632,23 @@ def _merge_archived_runs(stage: Stage, src: Path, target: Path) -> list[Path]:
     if finished:
         (target / "partial.json").unlink(missing_ok=True)
     return [path, target / "summary.json", target / "per_image.csv"]
+
+
+def report_from_archive(cfg: StudyConfig, archive: str | os.PathLike, command: str | None = None) -> Path:
+    """Write a report of the study from its archive (:func:`archive_study`) alone, in
+    ``<archive>/report-records/``: the results table, the paired per-image differences and the
+    label-efficiency and sweep figures, from the archived records of every stage of ``cfg`` found
+    there (no overlays or analyses: they need the weights). Runs nothing; returns ``report.md``.
+    The stages are keyed from ``cfg`` as a run would key them, so its data folders must be there."""
+    root = Path(archive)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such archive folder")
+    graph = build_stages(cfg)
+    if not any(s.results(root) is not None for s in graph["finetune"].values()):
+        raise ValueError(f"{root}: holds no fine-tuning record of this study (was it archived from {cfg.out}?)")
+    graph = {**graph, "frangi": [s for s in graph["frangi"] if s.outputs(root) is not None]}
+    return write_study_report(cfg, graph, root, RunReport(), 0.0, command, rep_dir=root / "report-records",
+                              records_only=True)
 
 
 def archive_study(cfg: StudyConfig, dest: str | os.PathLike) -> list[Path]:

@@ -68,6 +68,13 @@ def results_rows(graph: dict, root: Path, fraction: float = 1.0) -> list[dict]:
     return rows
 
 
+def per_image_table(stage, root: Path) -> Path:
+    """A fine-tune or Frangi stage's ``per_image.csv``: the one in its folder under ``root`` (a study
+    folder or its archive), else the path its record gives."""
+    own = stage.dir(root) / "per_image.csv"
+    return own if own.is_file() else Path(stage.results(root)["per_image"])
+
+
 REFERENCES = ("vasomim", "unet_vasomim")  # the arms the paired tables compare everything else with
 
 
@@ -87,7 +94,7 @@ def paired_rows(graph: dict, root: Path, references: tuple[str, ...] = REFERENCE
 
     def table(stage):
         if stage.name not in read:
-            with open(stage.results(root)["per_image"], newline="") as fh:
+            with open(per_image_table(stage, root), newline="") as fh:
                 read[stage.name] = list(csv.DictReader(fh))
         return read[stage.name]
 
@@ -142,7 +149,7 @@ def _fold0_cases(stage, root: Path, limit: int = 64) -> list[tuple]:
 
 def _frangi_cases(cfg, stage, root: Path) -> list[tuple]:
     """Best and worst labelled image of the Frangi/Sato baseline, recomputed for the overlays."""
-    with open(stage.outputs(root)["per_image"], newline="") as fh:
+    with open(per_image_table(stage, root), newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: float(r["dice"]))
     if not rows:
         return []
@@ -289,9 +296,15 @@ def _span(values) -> str:
     return f"{distinct[0]:g}" if len(distinct) == 1 else f"{distinct[0]:g}-{distinct[-1]:g}"
 
 
-def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float, command: str | None) -> Path:
-    """Write ``<root>/report/report.md`` and ``index.html``; returns the Markdown path."""
-    rep_dir = root / "report"
+def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float, command: str | None,
+                       rep_dir: Path | None = None, records_only: bool = False) -> Path:
+    """Write ``<root>/report/report.md`` and ``index.html`` (or in ``rep_dir``); returns the Markdown path.
+
+    ``records_only``: from the stages' text records alone (an archive of the study): the tables, the
+    paired differences and the label-efficiency and sweep figures, without the overlays and the
+    analyses, which need the weights and caches.
+    """
+    rep_dir = rep_dir or root / "report"
     fig_dir = rep_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     rep = Report(cfg.name, rep_dir)
@@ -324,7 +337,9 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     # compute time of every stage (also those cached from earlier runs) + this run's overhead
     ran_now = sum(run_report.seconds.values())
     setup["wall_time_s"] = sum(v for v in stage_times.values() if v) + max(0.0, seconds - ran_now)
-    rep.add_setup(setup)
+    if records_only:  # the runs were made wherever the study ran, not on the machine writing this
+        setup["hardware"] = "wherever each stage ran (this report was made from the records alone)"
+    rep.add_setup(setup, detect_hardware=not records_only)
 
     rows = results_rows(graph, root, 1.0 if 1.0 in cfg.label_fractions else max(cfg.label_fractions))
     selects = {stage.config.get("select", "best") for stage in graph["finetune"].values()}
@@ -351,9 +366,9 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
     if cfg.sweeps:
         _sweeps(cfg, graph, root, rep, fig_dir)
     cases = []
-    for stage in graph["frangi"]:
+    for stage in graph["frangi"] if not records_only else ():
         cases += _frangi_cases(cfg, stage, root)
-    for (arm, frac), stage in graph["finetune"].items():
+    for (arm, frac), stage in graph["finetune"].items() if not records_only else ():
         if frac == max(cfg.label_fractions):
             try:
                 cases += _fold0_cases(stage, root)
@@ -361,7 +376,10 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
                 _say(f"overlays of {arm} skipped: {type(exc).__name__}: {exc}")
     if cases:
         rep.add_cases(cases)
-    if cfg.analyses:
+    if records_only:
+        rep.add_text("Made from the study's archived records alone (`vasomim study --report-from`): no "
+                     "overlays or analyses, which need the weights.")
+    elif cfg.analyses:
         try:
             _figures(cfg, graph, root, rep, fig_dir)
         except Exception as exc:

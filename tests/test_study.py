@@ -59,7 +59,7 @@ def test_study_runs_caches_and_adds_an_arm(data, capsys):
     html = report.with_name("index.html").read_text()
     for arm in ("Frangi", "scratch", "vasomim"):
         assert arm in md and arm in html
-    for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png", "sweep_0.png",
+    for fig in ("vessel_share.png", "masking_map.png", "reconstructions.png", "clustering.png", "sweep_0.png", "curves_1.png",
                 "case_Frangi_Sato_paper_best.png", "case_Frangi_Sato_fov_best.png"):
         assert (report.parent / "figures" / fig).is_file(), fig
     # the table holds the numbers the fine-tune stage computed
@@ -160,6 +160,26 @@ def test_a_sweep_reads_its_own_label_fraction_and_skips_arms_not_run(data, tmp_p
     assert {(e["x"], round(e["dice_mean"], 6)) for e in budget} == {(0, 0.51), (16, 0.61)}
     init = json.loads((tmp_path / "fig" / "sweep_1.json").read_text())["table"]
     assert {(e["x"], round(e["dice_mean"], 6)) for e in init} == {("scratch", 0.71)}  # vasomim@1 never ran
+
+
+def test_validation_rows_read_the_held_out_scores_each_finished_run_logged(tmp_path):
+    """By hand: a training-only line and a cut line are skipped, a resumed run's repeated epoch
+    counts once (its last line), and a run the stage does not list is not read."""
+    from vasomim.engines.stages import Stage
+    from vasomim.engines.study_report import validation_rows
+
+    stage = Stage("finetune", "vasomim@0.1", {"v": 1}, lambda d, c, deps: {})
+    d = stage.dir(tmp_path)
+    (d / "seed0" / "fold0").mkdir(parents=True)
+    (d / "seed1" / "fold0").mkdir(parents=True)
+    (d / "stage.json").write_text(json.dumps({"outputs": {"runs": [{"seed": 0, "fold": 0}]}}))
+    lines = [{"epoch": 0, "val_dice": 0.1, "val_cldice": 0.05}, {"epoch": 1, "loss": 0.9},
+             {"epoch": 2, "val_dice": 0.5, "val_cldice": 0.4}, {"epoch": 2, "val_dice": 0.6, "val_cldice": 0.45}]
+    (d / "seed0" / "fold0" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"epoch": 3, "val_')
+    (d / "seed1" / "fold0" / "log.jsonl").write_text(json.dumps({"epoch": 0, "val_dice": 0.9, "val_cldice": 0.9}))
+    assert validation_rows(stage, tmp_path) == [
+        {"arm": "vasomim", "x": 0, "seed": "0-0", "dice": 0.1, "cldice": 0.05},
+        {"arm": "vasomim", "x": 2, "seed": "0-0", "dice": 0.6, "cldice": 0.45}]
 
 
 def test_a_cnn_unet_pretraining_arm_runs_through_the_study_and_its_report(data, tmp_path):
@@ -499,6 +519,8 @@ def test_archiving_a_new_study_folder_keeps_the_runs_archived_from_a_lost_one(da
     m = summary["metrics"]["dice"]
     assert f"| scratch (ViT-tiny U-Net, init scratch) | {100 * m['mean']:.2f} ± {100 * m['std']:.2f} |" in md
     assert "2 runs (folds x seeds)" in md and "records alone" in md and "hardware.CPU" not in md
+    curves = json.loads((tmp_path / "archive" / "report-records" / "figures" / "curves_1.json").read_text())["table"]
+    assert {e["x"] for e in curves} == {0, 1} and {e["n"] for e in curves} == {2}  # both folds, epochs 0-1
     assert main(["study", str(_yaml(cfg, tmp_path)), "--report-from", str(tmp_path / "nothing")]) == 2
 
 

@@ -9,6 +9,7 @@ run (e.g. a deterministic baseline such as the Frangi filter, shown without ``±
 
 - :func:`results_table`: rows -> one aggregated row per group.
 - :func:`paper_rows` / :func:`format_table_markdown`: ``68.85 ± 0.47`` cells, in percent.
+- :func:`plot_learning_curves`: scores logged during training, a line per arm with a ± std band.
 - :func:`plot_sweep`: Fig. 5 (masking ratio), Table 5 (beta schedules) and Table 6 (label
   fractions) as a plot per metric, one line per arm, error bars = std over seeds.
 """
@@ -203,4 +204,57 @@ def plot_sweep(
         fig.suptitle(title)
     save_figure(fig, out_png)
     write_json(Path(out_png).with_suffix(".json"), {"x_key": x_key, "x_label": x_label, "table": table})
+    return table
+
+
+def plot_learning_curves(
+    results: Iterable[Mapping[str, Any]],
+    out_png: str | os.PathLike,
+    x_label: str = "fine-tuning epoch",
+    metrics: Sequence[str] = METRICS,
+    scale: float = 100.0,
+    title: str | None = None,
+    start: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Plot scores logged during training: per arm, the mean over its runs at each ``x`` as a line,
+    the std over runs as a band; one panel per metric, the y-axis fitted to ``x > start`` (the
+    score before training, near 0, would flatten the rest).
+
+    Args:
+        results: rows ``{"arm", "x", "seed", metric, ...}``, one per run and logged point.
+        out_png: figure path; the aggregated table goes beside it (``.json``).
+        x_label: axis label.
+        metrics: score columns, one panel each.
+        scale: multiply scores by this on the plot (100: percent).
+        title: figure title.
+        start: points at or below this ``x`` are left out of the figure (not of the table).
+
+    Returns:
+        the aggregated table (:func:`results_table` grouped by ``("arm", "x")``).
+    """
+    table = results_table(results, ("arm", "x"), metrics)
+    if not table:
+        raise ValueError("plot_learning_curves: no results")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.0), squeeze=False, constrained_layout=True)
+    arms = list(dict.fromkeys(entry["arm"] for entry in table))
+    styles = ["-", "--", ":", "-."]
+    for ax, m in zip(axes[0], metrics):
+        for k, arm in enumerate(arms):
+            pts = sorted((float(e["x"]), e[f"{m}_mean"], e[f"{m}_std"]) for e in table
+                         if e["arm"] == arm and float(e["x"]) > start)
+            if not pts:
+                continue
+            x, mean, std = (np.array(v) for v in zip(*pts))
+            line, = ax.plot(x, scale * mean, styles[(k // 10) % len(styles)], lw=1.6, label=str(arm))
+            ax.fill_between(x, scale * (mean - std), scale * (mean + std), color=line.get_color(), alpha=0.12, lw=0)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(METRIC_NAMES.get(m, m))
+        ax.set_title("mean over runs, band: ± std", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2 if len(arms) > 6 else 1)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, out_png)
+    write_json(Path(out_png).with_suffix(".json"), {"x_key": "x", "x_label": x_label, "table": table})
     return table

@@ -8,6 +8,7 @@ figure and numbers under ``<study>/report/``.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vasomim.analysis.clustering import clustering_analysis, mae_encoder_forward, patch_embeddings, scores_rows
-from vasomim.analysis.curves import format_score, plot_sweep
+from vasomim.analysis.curves import format_score, plot_learning_curves, plot_sweep
 from vasomim.analysis.masking_stats import masking_map_analysis, plot_vessel_share, vessel_share_curves
 from vasomim.analysis.paired import paired_difference, per_image_means, per_run_means, shared_runs
 from vasomim.analysis.reconstruction import reconstruction_panel
@@ -174,6 +175,42 @@ def _label_efficiency(cfg, graph: dict, root: Path, fig_dir: Path):
                              "cldice": run["cldice"]})
     return plot_sweep(rows, "share of the training labels", fig_dir / "label_efficiency.png",
                       title="Label efficiency (Table 6)")
+
+
+def validation_rows(stage, root: Path) -> list[dict]:
+    """The held-out scores a fine-tune stage's finished runs logged during training: one row per run
+    and validation, ``{"arm", "x": epoch, "seed": "S-F", "dice", "cldice"}`` (a resumed run's repeated
+    epoch counts once, its last line)."""
+    rows = []
+    arm = stage.name.split("@")[0]
+    for run in stage.results(root)["runs"]:
+        log = stage.dir(root) / f"seed{run['seed']}" / f"fold{run['fold']}" / "log.jsonl"
+        if not log.is_file():
+            continue
+        by_epoch = {}
+        for line in log.read_text().splitlines():
+            try:
+                r = json.loads(line)
+                by_epoch[int(r["epoch"])] = (float(r["val_dice"]), float(r["val_cldice"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a training-only line, or one cut by a crash
+        rows += [{"arm": arm, "x": e, "seed": f"{run['seed']}-{run['fold']}", "dice": d, "cldice": c}
+                 for e, (d, c) in sorted(by_epoch.items())]
+    return rows
+
+
+def _learning_curves(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
+    """Per label fraction, the held-out DSC and clDice of every arm at each validation during
+    fine-tuning (mean ± std over its runs): how much of a pre-trained arm's lead is a faster start."""
+    for frac in sorted({f for _, f in graph["finetune"]}):
+        rows = [r for (arm, f), stage in graph["finetune"].items() if f == frac for r in validation_rows(stage, root)]
+        if not rows:
+            continue
+        png = fig_dir / f"curves_{frac:g}.png"
+        plot_learning_curves(rows, png, title=f"Held-out scores during fine-tuning, {frac:g} of the labels")
+        rep.add_figure(png, f"Held-out DSC and clDice at each validation during fine-tuning, {frac:g} of the "
+                       "labels: mean over each arm's runs, band ± std (the validation before training left out; "
+                       "the last point is the final checkpoint's score).")
 
 
 def _sweeps(cfg, graph: dict, root: Path, rep, fig_dir: Path) -> None:
@@ -363,6 +400,7 @@ def write_study_report(cfg, graph: dict, root: Path, run_report, seconds: float,
         _label_efficiency(cfg, graph, root, fig_dir)
         rep.add_figure(fig_dir / "label_efficiency.png", "DSC and clDice vs the share of training labels (Table 6).")
 
+    _learning_curves(cfg, graph, root, rep, fig_dir)
     if cfg.sweeps:
         _sweeps(cfg, graph, root, rep, fig_dir)
     cases = []

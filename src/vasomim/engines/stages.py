@@ -233,9 +233,9 @@ def archive_records(stages: Iterable[Stage], root: str | os.PathLike, dest: str 
     its content changed, through a temporary file (a reader never sees half of one); a stage
     record that differs from the archived one in its time alone (the stage re-run on a new machine)
     is left as archived. A stage archived while partial and finished since loses its stale
-    ``partial.json`` in the archive, as it did in the study folder. Records the archive holds and the study folder no longer does (a
-    run finished on another machine) are kept; ``merge`` then brings the stage's own summaries in
-    line with all of them.
+    ``partial.json`` in the archive, as it did in the study folder. Records the archive holds and
+    the study folder no longer does (a run finished on another machine) are kept; ``merge`` then
+    brings the stage's own summaries in line with all of them.
 
     Args:
         stages: the study's stages (their dependencies are added).

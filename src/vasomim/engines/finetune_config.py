@@ -15,8 +15,8 @@ __all__ = ["AugmentConfig", "CHECKPOINT_KIND", "FinetuneConfig", "RESUMABLE_CHAN
 
 CHECKPOINT_KIND = "vasomim_segmentation"
 
-#: Config keys that may change between an interrupted run and its resume.
-# init_decoder: read at the start only (and older runs lack it); layout: speed only
+#: Config keys that may change between an interrupted run and its resume (``init_decoder`` is read
+#: at the start only, and older runs lack it; ``layout`` changes the speed only).
 RESUMABLE_CHANGES = ("out", "device", "workers", "seeds", "val_every", "save_every", "epochs", "select",
                      "only_folds", "init_decoder", "layout")
 

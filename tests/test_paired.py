@@ -75,10 +75,13 @@ def test_wilcoxon_p_matches_brute_force(seed):
 
 
 class _Stage:
-    """Just what paired_rows reads of a fine-tune stage: a name and where its per_image.csv is."""
+    """Just what paired_rows reads of a fine-tune stage: a name, its folder and its per_image.csv."""
 
     def __init__(self, name: str, path: Path):
         self.name, self.path = name, path
+
+    def dir(self, root):
+        return self.path.parent
 
     def results(self, root):
         return {"per_image": str(self.path)}
@@ -89,7 +92,8 @@ def _finetune_graph(tmp_path, scores, cldice):
     of im0, im1, ...]}}`` (fold 0), clDice ``cldice(dice)``."""
     graph = {"finetune": {}}
     for arm, by_seed in scores.items():
-        path = tmp_path / f"{arm}.csv"
+        path = tmp_path / arm / "per_image.csv"
+        path.parent.mkdir()
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, ("image", "seed", "fold", "dice", "cldice"))
             w.writeheader()
@@ -144,3 +148,20 @@ def test_paired_rows_pair_only_the_seeds_both_arms_ran(tmp_path):
     # seed 0 only: +0.2, -0.1 -> +5.00 points (with seed 1 averaged in it would be -15.00)
     assert row["ΔDSC (points)"].startswith("+5.00 ± ")
     assert row["ΔDSC per fold"] == "+5.00 ± 0.00 (n=1)"
+
+
+def test_the_per_image_table_read_is_the_stage_folders_own_when_it_has_one(tmp_path):
+    """An archive's stage folder holds its table while its record still names the study folder's
+    (which, on the machine that made it, may hold fewer runs): the folder's own is read."""
+    from vasomim.engines.study_report import per_image_table
+
+    stale = tmp_path / "study" / "per_image.csv"
+    own = tmp_path / "archive" / "per_image.csv"
+    for path in (stale, own):
+        path.parent.mkdir(parents=True)
+        path.write_text("image,dice\n")
+    stage = _Stage("a@0.1", own)
+    stage.results = lambda root: {"per_image": str(stale)}
+    assert per_image_table(stage, tmp_path) == own
+    own.unlink()
+    assert per_image_table(stage, tmp_path) == stale  # no table of its own: the recorded one
